@@ -1,0 +1,82 @@
+"""Every name in a pixlm bundle, declared once: the exporter writes these, the runtime reads them.
+
+A bundle is a folder::
+
+    manifest.json          this schema (SCHEMA_VERSION)
+    model.fp32.onnx        one self-contained ONNX file per precision
+    model.int8.onnx        QDQ (explicit quantization: ONNX Runtime and TensorRT both consume it)
+    ...                    optional: model.int8-dynamic.onnx, TensorRT engines
+
+The ONNX I/O contract (Hugging Face Optimum's decoder naming, so common tooling recognises it):
+
+    =============================  =======  ================================================
+    name                           dtype    shape
+    =============================  =======  ================================================
+    input_ids                      int64    [batch_size, sequence_length]
+    past_key_values.{i}.key        float32  [batch_size, n_head, past_sequence_length, head_dim]
+    past_key_values.{i}.value      float32  [batch_size, n_head, past_sequence_length, head_dim]
+    logits                         float32  [batch_size, sequence_length, vocab_size]
+    present.{i}.key                float32  [batch_size, n_head, past_sequence_length + sequence_length, head_dim]
+    present.{i}.value              float32  same as present.{i}.key
+    =============================  =======  ================================================
+
+``past_sequence_length`` may be 0 (prefill). Positions continue from the past length, so
+feeding a sequence in pieces equals feeding it whole.
+"""
+
+from __future__ import annotations
+
+SCHEMA = "pixlm-bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+OPSET = 17  # pinned; see README "ONNX contract"
+ATOL_FP32 = 1e-4  # ONNX Runtime vs PyTorch, max |delta logits|
+
+INPUT_IDS = "input_ids"
+LOGITS = "logits"
+BATCH, SEQ, PAST = "batch_size", "sequence_length", "past_sequence_length"
+
+
+def past_key(i: int) -> str:
+    return f"past_key_values.{i}.key"
+
+
+def past_value(i: int) -> str:
+    return f"past_key_values.{i}.value"
+
+
+def present_key(i: int) -> str:
+    return f"present.{i}.key"
+
+
+def present_value(i: int) -> str:
+    return f"present.{i}.value"
+
+
+def input_names(n_layer: int) -> list[str]:
+    names = [INPUT_IDS]
+    for i in range(n_layer):
+        names += [past_key(i), past_value(i)]
+    return names
+
+
+def output_names(n_layer: int) -> list[str]:
+    names = [LOGITS]
+    for i in range(n_layer):
+        names += [present_key(i), present_value(i)]
+    return names
+
+
+# manifest.json keys (top level)
+K_SCHEMA = "schema"
+K_SCHEMA_VERSION = "schema_version"
+K_MODEL = "model"  # PixLMConfig as a dict: n_codes, n_labels, grid_h, grid_w, n_layer, n_head, d_model, ...
+K_TOKENIZER = "tokenizer"  # TokenizerConfig as a dict, palette included
+K_LABELS = "labels"  # label names, index i <-> token n_codes + 1 + i
+K_VOCAB = "vocabulary"  # {"n_codes", "bos", "first_label", "size"}
+K_IO = "io"  # {"inputs": [...], "outputs": [...], "opset", "kv_layout", "dynamic_axes"}
+K_FILES = "files"  # {"fp32": {"path", "sha256", "precision", "format", "bytes"}, "int8": {...}, ...}
+K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8": {...}}
+K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
+KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]

@@ -1,0 +1,79 @@
+"""Checkpoints: one file holding weights, model config, tokenizer (palette) and label names.
+
+The file is a plain dict of tensors, numbers, strings and lists, so ``torch.load(path,
+weights_only=True)`` reads it without unpickling arbitrary objects. Training state (optimizer,
+step) is optional: ``pixlm train`` keeps it for resuming; the shipped model drops it.
+Writes go to a temporary file renamed on success, so an interrupted save leaves the old file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from pixlm.model import PixLM, PixLMConfig
+from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
+
+FORMAT = "pixlm-checkpoint"
+VERSION = 1
+
+
+def default_checkpoint() -> Path:
+    """The shipped Fashion-MNIST model, installed with the package."""
+    return Path(str(resources.files("pixlm") / "models" / "fashion-mnist.pt"))
+
+
+def save(path: str | os.PathLike, model: PixLM, tokenizer: Tokenizer, **extra) -> None:
+    """Atomically write a checkpoint; ``extra`` holds training state and metrics."""
+    path = Path(path)
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.cfg.to_dict(),
+        "tokenizer": tokenizer.config.to_dict(),
+        "labels": list(tokenizer.labels),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: str | os.PathLike) -> dict:
+    """Read and check a checkpoint dict (safe: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a pixlm checkpoint")
+    if state.get("version") != VERSION:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')}, expected {VERSION}")
+    return state
+
+
+def load(path: str | os.PathLike) -> tuple[PixLM, Tokenizer, dict]:
+    """Checkpoint -> (model in eval mode, tokenizer, the whole state dict)."""
+    state = load_state(path)
+    tokenizer = Tokenizer(TokenizerConfig.from_dict(state["tokenizer"]), state["labels"])
+    model = PixLM(PixLMConfig(**state["config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not match the config ({e})") from e
+    model.eval()
+    return model, tokenizer, state

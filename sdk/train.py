@@ -1,0 +1,234 @@
+"""Training: next-pixel loss plus weighted label loss, resumable, on one process or many.
+
+One process: ``pixlm train ...``. Several (CPU: gloo, GPU: nccl): ``torchrun --nproc-per-node 2
+-m pixlm.cli train ...``; each rank takes every world_size-th image of the same per-epoch
+shuffle and DistributedDataParallel averages the gradients, so all ranks hold identical weights.
+
+Determinism: the model is initialised from ``seed``, epoch e shuffles with ``seed + e``, and step
+s augments with ``(seed, s)``; a run resumed from a checkpoint therefore continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pixlm import checkpoint
+from pixlm.data import Dataset, load_source, shift_batch
+from pixlm.evaluate import evaluate
+from pixlm.model import PixLM, PixLMConfig
+from pixlm.palette import fit_palette
+from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
+
+
+@dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"  # 'fashion-mnist', an idx folder, a class folder, a video or frame folder
+    eval_data: str | None = None  # default: the test split of `data` when it has one
+    output: str = "runs/pixlm.pt"  # checkpoint written every `save_every` steps and each epoch
+    init: str | None = None  # start from these weights and palette (e.g. fine-tune a pre-trained model)
+    resume: bool = False  # continue `output` from its saved step
+    epochs: float = 1.0
+    max_images: int | None = None  # use only the first N training images
+    eval_images: int | None = 2000  # held-out images scored after each epoch (None = all)
+    batch_size: int = 64  # per process
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    label_weight: float = 1.0  # 0 = self-supervised (pixel loss only)
+    shift: int = 0  # random translation augmentation, pixels
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+    save_every: int = 200  # steps
+    max_minutes: float | None = None  # stop (and save) after this long; resume later
+    # tokenizer, used when not starting from `init`
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    patch: int = 2
+    codes: int = 256
+    resize: str = "stretch"
+    # model, used when not starting from `init`
+    model: dict = field(default_factory=lambda: {"n_layer": 4, "n_head": 4, "d_model": 128})
+
+
+def _lr(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _setup(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[PixLM, Tokenizer, dict | None]:
+    """Model and tokenizer from a resume file, an init checkpoint, or fresh (fitting a palette)."""
+    if cfg.resume and Path(cfg.output).exists():
+        model, tok, state = checkpoint.load(cfg.output)
+        log(f"resuming {cfg.output} at step {state.get('step', 0)}")
+        return model, tok, state
+    if cfg.init:
+        model, tok, _ = checkpoint.load(cfg.init)
+        log(f"starting from {cfg.init}")
+        return model, tok, None
+    return None, None, None  # type: ignore[return-value]
+
+
+def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
+          log: Callable[[str], None] = print) -> dict:
+    """Train and return the last evaluation metrics; checkpoints go to ``cfg.output``."""
+    rank, world = _distributed()
+    log = log if rank == 0 else (lambda s: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, tok, state = _setup(cfg, log)
+
+    if tok is None:  # fresh run: fit the palette on training images
+        plain = Tokenizer(TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize,
+                                          palette=[[0] * cfg.patch**2 * cfg.channels, [255] * cfg.patch**2 * cfg.channels]))
+        data = load_source(cfg.data, "train", plain.prepare, cfg.channels).subset(cfg.max_images)
+        t0 = time.time()
+        palette = fit_palette(data.images, cfg.codes, cfg.patch, seed=cfg.seed)
+        log(f"palette: {len(palette)} codes of {cfg.patch}x{cfg.patch} px fitted in {time.time() - t0:.1f}s")
+        tok = Tokenizer(TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette),
+                        data.label_names)
+        torch.manual_seed(cfg.seed)
+        rows, cols = tok.grid
+        model = PixLM(PixLMConfig(tok.n_codes, len(tok.labels), rows, cols, **cfg.model))
+    else:
+        data = load_source(cfg.data, "train", tok.prepare, tok.config.channels).subset(cfg.max_images)
+        if data.label_names and tuple(data.label_names) != tok.labels:
+            if tok.labels:
+                raise ValueError(f"{cfg.data}: labels {data.label_names} differ from the model's {tok.labels}")
+            # self-supervised model fine-tuned with labels: widen the vocabulary by the label tokens
+            model, tok = _add_labels(model, tok, data.label_names)
+    if data.images.shape[1:3] != (tok.config.height, tok.config.width):
+        raise ValueError(f"{cfg.data}: images are {data.images.shape[1:3]}, tokenizer expects "
+                         f"{(tok.config.height, tok.config.width)}")
+    eval_data = _eval_data(cfg, tok)
+
+    objective: torch.nn.Module = _Objective(model)
+    if world > 1:  # gradients are averaged across ranks during backward()
+        objective = torch.nn.parallel.DistributedDataParallel(objective)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    step = 0
+    if state is not None:
+        step = int(state.get("step", 0))
+        if "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
+    per_epoch = len(data) // (cfg.batch_size * world)
+    if per_epoch == 0:
+        raise ValueError(f"{cfg.data}: {len(data)} images is fewer than one batch of {cfg.batch_size * world}")
+    total = max(1, round(cfg.epochs * per_epoch))
+    log(f"{len(data)} training images, {per_epoch} steps/epoch, {total} steps, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, world {world}")
+
+    t_start, metrics = time.time(), {}
+    history = list(state.get("history", [])) if state else []
+    labelled = cfg.label_weight > 0 and bool((data.labels >= 0).any())
+
+    def save() -> None:
+        if rank == 0:
+            checkpoint.save(cfg.output, model, tok, step=step, optimizer=opt.state_dict(),
+                            train_config=_jsonable(asdict(cfg)), history=history, metrics=metrics)
+
+    model.train()
+    run_loss = run_acc = None
+    while step < total:
+        epoch, offset = divmod(step, per_epoch)
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(data))[rank::world]
+        i = offset * cfg.batch_size
+        idx = np.sort(order[i : i + cfg.batch_size])
+        rng = np.random.default_rng([cfg.seed, step, rank])
+        images = shift_batch(data.images[idx], cfg.shift, rng)
+        tokens = torch.from_numpy(tok.encode_prepared(images))
+        labels = torch.from_numpy(data.labels[idx]) if labelled else None
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, total, cfg)
+        pix, lab, lab_logits = objective(tokens, labels)
+        loss = pix + (cfg.label_weight * lab if lab is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        acc = float((lab_logits.argmax(1) == labels).float().mean()) if labels is not None else None
+        loss_v = loss.item()
+        run_loss = loss_v if run_loss is None else 0.98 * run_loss + 0.02 * loss_v
+        if acc is not None:
+            run_acc = acc if run_acc is None else 0.98 * run_acc + 0.02 * acc
+        if on_progress and rank == 0:
+            on_progress({"step": step, "total": total, "epoch": epoch, "loss": run_loss,
+                         "pixel_loss": float(pix), "accuracy": run_acc})
+        end_of_epoch = step % per_epoch == 0 or step == total
+        out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
+        if end_of_epoch and eval_data is not None and rank == 0:
+            metrics = evaluate(model, tok, eval_data)
+            metrics.pop("confusion", None)
+            history.append({"step": step, "epoch": step / per_epoch, **_short(metrics)})
+            log(f"epoch {step / per_epoch:.2f}: " + ", ".join(f"{k} {v:.4f}" for k, v in _short(metrics).items()))
+            model.train()
+        if end_of_epoch or step % cfg.save_every == 0 or out_of_time:
+            save()
+        if out_of_time:
+            log(f"stopped after {cfg.max_minutes} min at step {step}/{total}; resume with --resume")
+            break
+    if world > 1:
+        dist.barrier()
+    return metrics
+
+
+class _Objective(torch.nn.Module):
+    """The losses as a module's forward(), which is what DistributedDataParallel wraps."""
+
+    def __init__(self, model: PixLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None):
+        return self.model.losses(tokens, labels)
+
+
+def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:
+    source = cfg.eval_data or cfg.data
+    try:
+        d = load_source(source, "test", tok.prepare, tok.config.channels)
+    except ValueError:
+        return None
+    if cfg.eval_data is None and source != "fashion-mnist" and not Path(source, "t10k-images-idx3-ubyte.gz").exists():
+        return None  # a folder or video has no separate test split: skip unless given one
+    return d.subset(cfg.eval_images)
+
+
+def _add_labels(model: PixLM, tok: Tokenizer, names: tuple[str, ...]) -> tuple[PixLM, Tokenizer]:
+    cfg = PixLMConfig(**{**model.cfg.to_dict(), "n_labels": len(names)})
+    new = PixLM(cfg)
+    sd = model.state_dict()
+    for key in ("tok_emb.weight", "head.weight"):
+        w = new.state_dict()[key].clone()
+        w[: sd[key].shape[0]] = sd[key]
+        sd[key] = w
+    new.load_state_dict(sd)
+    return new, Tokenizer(tok.config, names)
+
+
+def _short(m: dict) -> dict:
+    return {k: v for k, v in m.items() if isinstance(v, float)}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
