@@ -16,7 +16,7 @@ The ONNX I/O contract (Hugging Face Optimum's decoder naming, so common tooling 
     past_key_values.{i}.key        float32  [batch_size, n_head, past_sequence_length, head_dim]
     past_key_values.{i}.value      float32  [batch_size, n_head, past_sequence_length, head_dim]
     logits                         float32  [batch_size, sequence_length, vocab_size]
-    present.{i}.key                float32  [batch_size, n_head, past_sequence_length + sequence_length, head_dim]
+    present.{i}.key                float32  [batch_size, n_head, past + sequence_length, head_dim]
     present.{i}.value              float32  same as present.{i}.key
     =============================  =======  ================================================
 
@@ -80,3 +80,33 @@ K_FILES = "files"  # {"fp32": {"path", "sha256", "precision", "format", "bytes"}
 K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8": {...}}
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
 KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
+K_RECOMMENDED = "recommended"  # {"cpu": file key, "tensorrt": file key or absent}
+
+# files: one entry per produced file, keyed by what it is
+FP32, INT8, INT8_DYNAMIC = "fp32", "int8", "int8-dynamic"  # ONNX files
+TRT_PREFIX = "tensorrt-"  # TensorRT engines: "tensorrt-int8", "tensorrt-fp16"
+F_PATH, F_SHA256, F_BYTES = "path", "sha256", "bytes"  # relative to the bundle folder
+F_PRECISION, F_FORMAT = "precision", "format"  # "fp32" | "int8" | "fp16";  FORMAT_*
+F_METADATA = "metadata"  # TensorRT: the engine's sidecar JSON, itself {path, sha256, bytes}
+FORMAT_ONNX, FORMAT_TRT = "onnx", "tensorrt-engine"
+QUANT_QDQ, QUANT_DYNAMIC = "qdq-static", "dynamic"  # F_QUANTIZATION of int8 ONNX files
+F_QUANTIZATION = "quantization"
+
+# metrics[file key]: what the exporter measured on that file
+M_ACCURACY = "accuracy"  # label accuracy on the held-out split, 0..1
+M_EVAL_IMAGES = "eval_images"
+M_MAX_ABS_DIFF = "max_abs_logit_diff"  # vs PyTorch, full forward on validation images
+M_KV_MAX_ABS_DIFF = "kv_max_abs_logit_diff"  # prefill + one-token decode vs full forward
+M_LABEL_AGREEMENT = "label_agreement"  # fraction of images whose label argmax equals PyTorch's
+M_MS_BATCH1 = "ms_per_frame_batch1"
+M_FPS_BATCH16 = "frames_per_s_batch16"
+
+
+def onnx_filename(key: str) -> str:
+    """File name of an ONNX file in a bundle: ``model.fp32.onnx``, ``model.int8.onnx`` ..."""
+    return f"model.{key}.onnx"
+
+
+def engine_filename(precision: str) -> str:
+    """File name of a TensorRT engine (``model.int8.engine``) and its sidecar (+ ``.json``)."""
+    return f"model.{precision}.engine"

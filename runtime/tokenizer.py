@@ -164,9 +164,7 @@ class Tokenizer:
         n = 1 << _COLOUR_LUT_BITS
         centre = (np.arange(n, dtype=np.int32) << (8 - _COLOUR_LUT_BITS)) + (1 << (7 - _COLOUR_LUT_BITS))
         grid = np.stack(np.meshgrid(centre, centre, centre, indexing="ij"), -1).reshape(-1, 3)
-        return np.concatenate(
-            [self._nearest(chunk) for chunk in np.array_split(grid, 64)]
-        ).astype(np.uint16)
+        return np.concatenate([self._nearest(chunk) for chunk in np.array_split(grid, 64)]).astype(np.uint16)
 
     # -- tokens -> image ----------------------------------------------------------------------
     def decode(self, tokens: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-
 from pixlm.model import PixLM, PixLMConfig
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 

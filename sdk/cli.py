@@ -35,17 +35,33 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--data", default="fashion-mnist", show_default=True,
-              help="'fashion-mnist', a folder of idx files, a folder with one subfolder per class, "
-                   "or a video / frame folder (unlabeled: self-supervised).")
-@click.option("--eval-data", default=None, help="Held-out data scored each epoch [default: test split of --data].")
+@click.option(
+    "--data",
+    default="fashion-mnist",
+    show_default=True,
+    help="'fashion-mnist', a folder of idx files, a folder with one subfolder per class, "
+    "or a video / frame folder (unlabeled: self-supervised).",
+)
+@click.option(
+    "--eval-data", default=None, help="Held-out data scored each epoch [default: test split of --data]."
+)
 @click.option("-o", "--output", default="runs/pixlm.pt", show_default=True, help="Checkpoint file.")
-@click.option("--init", type=click.Path(dir_okay=False), default=None,
-              help="Start from this checkpoint (fine-tune; keeps its palette and model shape).")
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this checkpoint (fine-tune; keeps its palette and model shape).",
+)
 @click.option("--resume", is_flag=True, help="Continue --output from its last saved step.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--max-images", type=int, default=None, help="Use only the first N training images.")
-@click.option("--eval-images", type=int, default=2000, show_default=True, help="Held-out images per evaluation (0 = all).")
+@click.option(
+    "--eval-images",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Held-out images per evaluation (0 = all).",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--label-weight", type=float, default=1.0, show_default=True, help="0 = pixel loss only.")
@@ -55,23 +71,32 @@ def main() -> None:
 @click.option("--max-minutes", type=float, default=None, help="Stop and save after this long (resume later).")
 @click.option("--size", default="28x28", show_default=True, help="Image size HxW the tokenizer resizes to.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option("--patch", type=int, default=2, show_default=True, help="Pixels per token side (1 = per pixel).")
+@click.option(
+    "--patch", type=int, default=2, show_default=True, help="Pixels per token side (1 = per pixel)."
+)
 @click.option("--codes", type=int, default=256, show_default=True, help="Palette size (k-means).")
-@click.option("--resize", type=click.Choice(["stretch", "crop", "letterbox"]), default="stretch", show_default=True)
+@click.option(
+    "--resize", type=click.Choice(["stretch", "crop", "letterbox"]), default="stretch", show_default=True
+)
 @click.option("--layers", type=int, default=4, show_default=True)
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--d-model", type=int, default=128, show_default=True)
 @click.option("--dropout", type=float, default=0.0, show_default=True)
 def train(**o) -> None:
     """Train a pixel-GPT (next-pixel loss + label loss); checkpoints are resumable."""
-    from pixlm.train import TrainConfig, train as run
+    from pixlm.train import TrainConfig
+    from pixlm.train import train as run
 
     try:
         h, w = (int(v) for v in o.pop("size").lower().split("x"))
     except ValueError:
         _fail("--size must look like 28x28")
-    model = {"n_layer": o.pop("layers"), "n_head": o.pop("heads"), "d_model": o.pop("d_model"),
-             "dropout": o.pop("dropout")}
+    model = {
+        "n_layer": o.pop("layers"),
+        "n_head": o.pop("heads"),
+        "d_model": o.pop("d_model"),
+        "dropout": o.pop("dropout"),
+    }
     o["eval_images"] = o["eval_images"] or None
     cfg = TrainConfig(**o, height=h, width=w, model=model)
     cfg.channels = int(cfg.channels)
@@ -80,8 +105,13 @@ def train(**o) -> None:
     def progress(e: dict) -> None:
         nonlocal bar
         if bar is None:
-            bar = click.progressbar(length=e["total"], label="training", show_pos=True,
-                                    item_show_func=lambda s: s, file=sys.stderr)
+            bar = click.progressbar(
+                length=e["total"],
+                label="training",
+                show_pos=True,
+                item_show_func=lambda s: s,
+                file=sys.stderr,
+            )
             bar.__enter__()
             bar.update(e["step"] - 1)
         acc = "" if e["accuracy"] is None else f" acc {100 * e['accuracy']:.1f}%"
@@ -102,12 +132,18 @@ def train(**o) -> None:
 
 @main.command("eval")
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="'fashion-mnist', a folder of idx files, or a class folder.")
+@click.option(
+    "--dataset",
+    default="fashion-mnist",
+    show_default=True,
+    help="'fashion-mnist', a folder of idx files, or a class folder.",
+)
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--max-images", type=int, default=None, help="Score only the first N images.")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write metrics here.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write metrics here."
+)
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads) -> None:
     """Accuracy, per-class accuracy, confusion matrix and bits per pixel of CHECKPOINT.
@@ -115,7 +151,6 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
     Without CHECKPOINT, the shipped Fashion-MNIST model is scored.
     """
     import torch
-
     from pixlm import checkpoint as ckpt
     from pixlm.data import load_source
     from pixlm.evaluate import evaluate, format_report

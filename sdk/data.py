@@ -112,8 +112,9 @@ def load_image_folder(root: str | os.PathLike, prepare, channels: int) -> Datase
     return Dataset(np.stack(images), np.array(labels, dtype=np.int64), tuple(classes))
 
 
-def load_frames(source: str | os.PathLike, prepare, channels: int, stride: int = 1,
-                max_frames: int | None = None) -> Dataset:
+def load_frames(
+    source: str | os.PathLike, prepare, channels: int, stride: int = 1, max_frames: int | None = None
+) -> Dataset:
     """Unlabeled frames from a video file or a folder of images (self-supervised training)."""
     source = Path(source)
     frames = []

@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
 from pixlm.data import Dataset
 from pixlm.model import PixLM
 from pixlm.runtime.tokenizer import Tokenizer
@@ -78,6 +77,6 @@ def format_report(m: dict) -> str:
         for n in names:
             lines.append(f"  {n:<{w}}  {100 * m['per_class_accuracy'][n]:6.2f}%")
         lines.append("confusion (rows: true, columns: predicted):")
-        for n, row in zip(names, m["confusion"]):
+        for n, row in zip(names, m["confusion"], strict=True):
             lines.append(f"  {n:<{w}} " + " ".join(f"{v:5d}" for v in row))
     return "\n".join(lines)

@@ -8,7 +8,6 @@ integer nearest-entry search is exact and identical on every machine.
 from __future__ import annotations
 
 import numpy as np
-
 from pixlm.runtime.tokenizer import cells_of
 
 
@@ -39,7 +38,9 @@ def kmeans(x: np.ndarray, k: int, iters: int = 25, seed: int = 0) -> np.ndarray:
     return c
 
 
-def fit_palette(images: np.ndarray, k: int, patch: int, samples: int = 200_000, seed: int = 0) -> list[list[int]]:
+def fit_palette(
+    images: np.ndarray, k: int, patch: int, samples: int = 200_000, seed: int = 0
+) -> list[list[int]]:
     """Palette of ``k`` entries from prepared uint8 images (N, H, W[, C]); sorted for stability."""
     cells = cells_of(images, patch)
     cells = cells.reshape(-1, cells.shape[-1])

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-
 from pixlm import checkpoint
 from pixlm.data import Dataset, load_source, shift_batch
 from pixlm.evaluate import evaluate
@@ -61,9 +60,11 @@ class TrainConfig:
 
 
 def _lr(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    """Linear warm-up (at most a fifth of the run), then cosine decay to a tenth of ``lr``."""
+    warmup = max(1, min(cfg.warmup_steps, total // 5))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -88,9 +89,18 @@ def _setup(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[PixLM, Tokeniz
     return None, None, None  # type: ignore[return-value]
 
 
-def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
-          log: Callable[[str], None] = print) -> dict:
-    """Train and return the last evaluation metrics; checkpoints go to ``cfg.output``."""
+@dataclass
+class TrainResult:
+    model: PixLM
+    tokenizer: Tokenizer
+    metrics: dict  # the last held-out evaluation (empty when none ran)
+    step: int
+
+
+def train(
+    cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None, log: Callable[[str], None] = print
+) -> TrainResult:
+    """Train; checkpoints go to ``cfg.output`` (every ``save_every`` steps and each epoch)."""
     rank, world = _distributed()
     log = log if rank == 0 else (lambda s: None)
     if cfg.threads:
@@ -98,14 +108,24 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
     model, tok, state = _setup(cfg, log)
 
     if tok is None:  # fresh run: fit the palette on training images
-        plain = Tokenizer(TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize,
-                                          palette=[[0] * cfg.patch**2 * cfg.channels, [255] * cfg.patch**2 * cfg.channels]))
+        plain = Tokenizer(
+            TokenizerConfig(
+                cfg.height,
+                cfg.width,
+                cfg.channels,
+                cfg.patch,
+                cfg.resize,
+                palette=[[0] * cfg.patch**2 * cfg.channels, [255] * cfg.patch**2 * cfg.channels],
+            )
+        )
         data = load_source(cfg.data, "train", plain.prepare, cfg.channels).subset(cfg.max_images)
         t0 = time.time()
         palette = fit_palette(data.images, cfg.codes, cfg.patch, seed=cfg.seed)
         log(f"palette: {len(palette)} codes of {cfg.patch}x{cfg.patch} px fitted in {time.time() - t0:.1f}s")
-        tok = Tokenizer(TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette),
-                        data.label_names)
+        tok = Tokenizer(
+            TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette),
+            data.label_names,
+        )
         torch.manual_seed(cfg.seed)
         rows, cols = tok.grid
         model = PixLM(PixLMConfig(tok.n_codes, len(tok.labels), rows, cols, **cfg.model))
@@ -113,12 +133,16 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
         data = load_source(cfg.data, "train", tok.prepare, tok.config.channels).subset(cfg.max_images)
         if data.label_names and tuple(data.label_names) != tok.labels:
             if tok.labels:
-                raise ValueError(f"{cfg.data}: labels {data.label_names} differ from the model's {tok.labels}")
+                raise ValueError(
+                    f"{cfg.data}: labels {data.label_names} differ from the model's {tok.labels}"
+                )
             # self-supervised model fine-tuned with labels: widen the vocabulary by the label tokens
             model, tok = _add_labels(model, tok, data.label_names)
     if data.images.shape[1:3] != (tok.config.height, tok.config.width):
-        raise ValueError(f"{cfg.data}: images are {data.images.shape[1:3]}, tokenizer expects "
-                         f"{(tok.config.height, tok.config.width)}")
+        raise ValueError(
+            f"{cfg.data}: images are {data.images.shape[1:3]}, tokenizer expects "
+            f"{(tok.config.height, tok.config.width)}"
+        )
     eval_data = _eval_data(cfg, tok)
 
     objective: torch.nn.Module = _Objective(model)
@@ -132,10 +156,14 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
             opt.load_state_dict(state["optimizer"])
     per_epoch = len(data) // (cfg.batch_size * world)
     if per_epoch == 0:
-        raise ValueError(f"{cfg.data}: {len(data)} images is fewer than one batch of {cfg.batch_size * world}")
+        raise ValueError(
+            f"{cfg.data}: {len(data)} images is fewer than one batch of {cfg.batch_size * world}"
+        )
     total = max(1, round(cfg.epochs * per_epoch))
-    log(f"{len(data)} training images, {per_epoch} steps/epoch, {total} steps, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, world {world}")
+    log(
+        f"{len(data)} training images, {per_epoch} steps/epoch, {total} steps, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, world {world}"
+    )
 
     t_start, metrics = time.time(), {}
     history = list(state.get("history", [])) if state else []
@@ -143,8 +171,16 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
 
     def save() -> None:
         if rank == 0:
-            checkpoint.save(cfg.output, model, tok, step=step, optimizer=opt.state_dict(),
-                            train_config=_jsonable(asdict(cfg)), history=history, metrics=metrics)
+            checkpoint.save(
+                cfg.output,
+                model,
+                tok,
+                step=step,
+                optimizer=opt.state_dict(),
+                train_config=_jsonable(asdict(cfg)),
+                history=history,
+                metrics=metrics,
+            )
 
     model.train()
     run_loss = run_acc = None
@@ -172,15 +208,26 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
         if acc is not None:
             run_acc = acc if run_acc is None else 0.98 * run_acc + 0.02 * acc
         if on_progress and rank == 0:
-            on_progress({"step": step, "total": total, "epoch": epoch, "loss": run_loss,
-                         "pixel_loss": float(pix), "accuracy": run_acc})
+            on_progress(
+                {
+                    "step": step,
+                    "total": total,
+                    "epoch": epoch,
+                    "loss": run_loss,
+                    "pixel_loss": pix.item(),
+                    "accuracy": run_acc,
+                }
+            )
         end_of_epoch = step % per_epoch == 0 or step == total
         out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
         if end_of_epoch and eval_data is not None and rank == 0:
             metrics = evaluate(model, tok, eval_data)
             metrics.pop("confusion", None)
             history.append({"step": step, "epoch": step / per_epoch, **_short(metrics)})
-            log(f"epoch {step / per_epoch:.2f}: " + ", ".join(f"{k} {v:.4f}" for k, v in _short(metrics).items()))
+            log(
+                f"epoch {step / per_epoch:.2f}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in _short(metrics).items())
+            )
             model.train()
         if end_of_epoch or step % cfg.save_every == 0 or out_of_time:
             save()
@@ -189,7 +236,7 @@ def train(cfg: TrainConfig, on_progress: Callable[[dict], None] | None = None,
             break
     if world > 1:
         dist.barrier()
-    return metrics
+    return TrainResult(model, tok, metrics, step)
 
 
 class _Objective(torch.nn.Module):
@@ -209,7 +256,11 @@ def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:
         d = load_source(source, "test", tok.prepare, tok.config.channels)
     except ValueError:
         return None
-    if cfg.eval_data is None and source != "fashion-mnist" and not Path(source, "t10k-images-idx3-ubyte.gz").exists():
+    if (
+        cfg.eval_data is None
+        and source != "fashion-mnist"
+        and not Path(source, "t10k-images-idx3-ubyte.gz").exists()
+    ):
         return None  # a folder or video has no separate test split: skip unless given one
     return d.subset(cfg.eval_images)
 

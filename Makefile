@@ -1,0 +1,45 @@
+# pixlm: `make demo` sets everything up and runs the shipped model; `make test` runs the tests.
+# Both work on a fresh Debian machine as root: Debian packages (data, sample media, GStreamer's
+# RTSP server for the camera tests) and a virtual environment in .venv are installed on demand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := dataset-fashion-mnist opencv-doc ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav
+
+.PHONY: setup system demo test lint format clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/pixlm eval --dataset fashion-mnist --split test
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The runtime tests run in their own process with `import torch` blocked.
+test: lint
+	$(BIN)/pytest -q tests/runtime
+	$(BIN)/pytest -q tests --ignore=tests/runtime
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""pixlm export: checkpoint -> ONNX (KV cache) -> validation -> INT8 -> TensorRT -> bundle."""

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny checkpoint trained on real Fashion-MNIST images, built once per session.
+
+Fixtures that need torch run it in a subprocess (the ``pixlm`` CLI), so the runtime tests can
+block ``import torch`` in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+BIN = Path(sys.executable).parent
+
+# Small enough to train in ~20 s on 2 cores, good enough (~70%) for parity and gate tests.
+TINY_TRAIN = [
+    "--max-images",
+    "3000",
+    "--epochs",
+    "2",
+    "--eval-images",
+    "500",
+    "--patch",
+    "4",
+    "--codes",
+    "64",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+    "--d-model",
+    "32",
+    "--threads",
+    "2",
+    "--lr",
+    "3e-3",
+    "--seed",
+    "0",
+]
+
+
+def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a console script from this environment; returns the completed process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=env, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    if not FASHION_MNIST.exists():
+        pytest.fail("Fashion-MNIST missing: install Debian's dataset-fashion-mnist (make setup)")
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    run_cli("pixlm", "train", *TINY_TRAIN, "-o", str(out))
+    return out

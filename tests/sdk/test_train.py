@@ -1,0 +1,127 @@
+"""Training and evaluation on real Fashion-MNIST images: CLI, resume, checkpoints, DDP."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import BIN, VTEST, run_cli
+from pixlm import checkpoint
+from pixlm.data import load_fashion_mnist
+from pixlm.train import TrainConfig, train
+
+TINY = dict(patch=4, codes=32, threads=2, eval_images=200, model={"n_layer": 1, "n_head": 2, "d_model": 32})
+
+
+def test_tiny_checkpoint_learns_and_evaluates(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)  # no arbitrary pickles
+    assert state["format"] == "pixlm-checkpoint" and len(state["labels"]) == 10
+    assert state["history"][-1]["accuracy"] > 0.5  # 3,000 images, 2 epochs: well above chance
+    out = tmp_path / "m.json"
+    p = run_cli("pixlm", "eval", str(tiny_checkpoint), "--max-images", "500", "--json", str(out))
+    m = json.loads(out.read_text())
+    assert m["images"] == 500 and 0.5 < m["accuracy"] <= 1
+    assert np.array(m["confusion"]).sum() == 500 and len(m["per_class_accuracy"]) == 10
+    assert 0 < m["bits_per_pixel"] < 8
+    assert "accuracy" in p.stdout and "Ankle boot" in p.stdout
+
+
+def test_resume_continues_exactly(tmp_path):
+    a = TrainConfig(output=str(tmp_path / "a.pt"), max_images=640, epochs=2, batch_size=32, **TINY)
+    full = train(a, log=lambda s: None)
+    # The same run, stopped by the clock after its first step, then resumed from its checkpoint.
+    c = TrainConfig(**{**a.__dict__, "output": str(tmp_path / "c.pt"), "max_minutes": 0.0})
+    part = train(c, log=lambda s: None)
+    assert part.step == 1
+    resumed = train(TrainConfig(**{**c.__dict__, "max_minutes": None, "resume": True}), log=lambda s: None)
+    assert resumed.step == full.step
+    for k, v in full.model.state_dict().items():
+        assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k
+
+
+def test_self_supervised_on_video_then_labelled_fine_tune(tmp_path):
+    frames = tmp_path / "scene.pt"
+    cfg = TrainConfig(
+        data=str(VTEST),
+        output=str(frames),
+        max_images=96,
+        epochs=1,
+        batch_size=32,
+        label_weight=0,
+        height=24,
+        width=32,
+        **{**TINY, "patch": 4},
+    )
+    res = train(cfg, log=lambda s: None)
+    assert res.tokenizer.labels == () and res.model.cfg.n_labels == 0
+    # fine-tune it with labels from a class folder (two classes of real frames)
+    cap = cv2.VideoCapture(str(VTEST))
+    for i in range(64):
+        ok, frame = cap.read()
+        assert ok
+        d = tmp_path / "classes" / ("early" if i < 32 else "late")
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i:03d}.png"), frame)
+    tuned = train(
+        TrainConfig(
+            data=str(tmp_path / "classes"),
+            init=str(frames),
+            output=str(tmp_path / "t.pt"),
+            epochs=1,
+            batch_size=32,
+            **TINY,
+        ),
+        log=lambda s: None,
+    )
+    assert tuned.tokenizer.labels == ("early", "late") and tuned.model.cfg.n_labels == 2
+    assert tuned.tokenizer.config.palette == res.tokenizer.config.palette
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    p = run_cli("pixlm", "eval", str(bad), check=False)
+    assert p.returncode != 0 and "not a readable checkpoint" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("pixlm", "train", "--data", str(tmp_path / "missing"), check=False)
+    assert p.returncode != 0 and "no such dataset" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_checkpoint_save_is_atomic(tiny_checkpoint, tmp_path):
+    model, tok, _ = checkpoint.load(tiny_checkpoint)
+    target = tmp_path / "x.pt"
+    shutil.copy(tiny_checkpoint, target)
+    before = target.read_bytes()
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):  # save fails midway
+        checkpoint.save(target, model, tok, step=lambda: 0)  # a lambda cannot be pickled
+    assert target.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ddp_two_cpu_ranks_end_identical(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(BIN))
+    p = run_cli(
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(Path(__file__).with_name("ddp_worker.py")),
+        str(tmp_path),
+        timeout=300,
+    )
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torchrun and r0["world"] == r1["world"] == 2 and r0["step"] == r1["step"] == 8  # 512/(32*2)
+    for k, v in r0["weights"].items():
+        assert torch.equal(v, r1["weights"][k]), k
+    assert p.returncode == 0
+
+
+def test_fashion_mnist_loader_reads_real_idx():
+    d = load_fashion_mnist(split="test")
+    assert d.images.shape == (10000, 28, 28) and d.images.dtype == np.uint8
+    assert sorted(np.unique(d.labels)) == list(range(10))
