@@ -101,9 +101,16 @@ def train(**o) -> None:
     cfg = TrainConfig(**o, height=h, width=w, model=model)
     cfg.channels = int(cfg.channels)
     bar = None
+    tty = sys.stderr.isatty()
 
     def progress(e: dict) -> None:
         nonlocal bar
+        acc = "" if e["accuracy"] is None else f" acc {100 * e['accuracy']:.1f}%"
+        status = f"epoch {e['epoch']} loss {e['loss']:.3f}{acc}"
+        if not tty:  # logs and CI: one line every 2% instead of a redrawn bar
+            if e["step"] % max(1, e["total"] // 50) == 0 or e["step"] == e["total"]:
+                click.echo(f"step {e['step']}/{e['total']} {status}", err=True)
+            return
         if bar is None:
             bar = click.progressbar(
                 length=e["total"],
@@ -114,8 +121,7 @@ def train(**o) -> None:
             )
             bar.__enter__()
             bar.update(e["step"] - 1)
-        acc = "" if e["accuracy"] is None else f" acc {100 * e['accuracy']:.1f}%"
-        bar.update(1, f"epoch {e['epoch']} loss {e['loss']:.3f}{acc}")
+        bar.update(1, status)
 
     try:
         run(cfg, on_progress=progress, log=lambda s: click.echo(("\n" if bar else "") + s, err=True))
