@@ -157,6 +157,7 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
     Without CHECKPOINT, the shipped Fashion-MNIST model is scored.
     """
     import torch
+
     from pixlm import checkpoint as ckpt
     from pixlm.data import load_source
     from pixlm.evaluate import evaluate, format_report
@@ -176,6 +177,16 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
     if json_path:
         _write_atomic(Path(json_path), json.dumps(metrics, indent=2))
         click.echo(f"wrote {json_path}")
+
+
+def _add_runtime_commands() -> None:
+    # `pixlm run` lives in the runtime layer (no torch); the group only lists it.
+    from pixlm.runtime.cli import run
+
+    main.add_command(run)
+
+
+_add_runtime_commands()
 
 
 def _write_atomic(path: Path, text: str) -> None:

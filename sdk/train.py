@@ -123,7 +123,7 @@ def train(
         palette = fit_palette(data.images, cfg.codes, cfg.patch, seed=cfg.seed)
         log(f"palette: {len(palette)} codes of {cfg.patch}x{cfg.patch} px fitted in {time.time() - t0:.1f}s")
         tok = Tokenizer(
-            TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette),
+            TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette=palette),
             data.label_names,
         )
         torch.manual_seed(cfg.seed)

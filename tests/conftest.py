@@ -60,3 +60,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     run_cli("pixlm", "train", *TINY_TRAIN, "-o", str(out))
     return out
+
+
+# Export settings for test bundles: small held-out and calibration sets, speed columns barely timed,
+# and a gate with slack (on 500 images one image is 0.2 points; the tiny model is noisy).
+TINY_EXPORT = "--max-drop 2 --eval-images 500 --calib-images 64 --threads 2 --bench-seconds 0.05".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A bundle exported from the tiny checkpoint by the real CLI (fp32, int8 QDQ, int8 dynamic)."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    run_cli("pixlm-export", str(tiny_checkpoint), "-o", str(out), *TINY_EXPORT)
+    return out

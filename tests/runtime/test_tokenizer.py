@@ -8,6 +8,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+
 from conftest import VTEST
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig, resize
 

@@ -5,6 +5,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+
 from pixlm.train import TrainConfig, train
 
 out = sys.argv[1]

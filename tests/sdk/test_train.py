@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from conftest import BIN, VTEST, run_cli
 from pixlm import checkpoint
 from pixlm.data import load_fashion_mnist

@@ -1,0 +1,132 @@
+"""Writing a bundle: stage every file in a temporary folder next to OUT_DIR, rename on success.
+
+A failed or interrupted export (exception, Ctrl-C, SIGTERM turned into SystemExit by the CLI)
+removes the staging folder, so OUT_DIR is either the previous bundle or the complete new one.
+The reader is ``pixlm.runtime.bundle.Bundle``; every key comes from ``pixlm.runtime.manifest``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pixlm.runtime import manifest as mf
+from pixlm.runtime.bundle import sha256_of
+from pixlm.runtime.tokenizer import Tokenizer
+
+
+class OutputExistsError(ValueError):
+    pass
+
+
+def check_output(out_dir: Path, force: bool) -> None:
+    """Fail early (before minutes of work) when OUT_DIR cannot be written."""
+    if out_dir.exists() and not force:
+        raise OutputExistsError(f"{out_dir} already exists; pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder")
+
+
+@contextmanager
+def staged(out_dir: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder; on normal exit it becomes ``out_dir``, otherwise it is removed."""
+    out_dir = Path(out_dir)
+    check_output(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    stage.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary folder
+    try:
+        yield stage
+        publish(stage, out_dir, force)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def publish(stage: Path, out_dir: Path, force: bool) -> None:
+    """Rename ``stage`` to ``out_dir``; with ``force`` the old folder is moved aside first."""
+    old = None
+    if out_dir.exists():
+        if not force:
+            raise OutputExistsError(f"{out_dir} appeared during the export; pass --force to replace it")
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(stage, out_dir)
+    except BaseException:
+        if old is not None:  # put the previous bundle back
+            os.replace(old / out_dir.name, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def file_entry(root: Path, name: str, precision: str, fmt: str, **extra) -> dict:
+    """Manifest entry of ``root/name``: path, sha256, bytes, precision, format (+ ``extra``)."""
+    path = root / name
+    return {
+        mf.F_PATH: name,
+        mf.F_SHA256: sha256_of(path),
+        mf.F_BYTES: path.stat().st_size,
+        mf.F_PRECISION: precision,
+        mf.F_FORMAT: fmt,
+        **extra,
+    }
+
+
+def sidecar_entry(root: Path, name: str) -> dict:
+    path = root / name
+    return {mf.F_PATH: name, mf.F_SHA256: sha256_of(path), mf.F_BYTES: path.stat().st_size}
+
+
+def build_manifest(
+    model_cfg: dict,
+    tokenizer: Tokenizer,
+    files: dict,
+    metrics: dict,
+    recommended: dict,
+    producer: dict,
+    io_extra: dict | None = None,
+) -> dict:
+    n_layer = model_cfg["n_layer"]
+    from pixlm.export.onnx_export import dynamic_axes  # torch import: export side only
+
+    return {
+        mf.K_SCHEMA: mf.SCHEMA,
+        mf.K_SCHEMA_VERSION: mf.SCHEMA_VERSION,
+        mf.K_MODEL: model_cfg,
+        mf.K_TOKENIZER: tokenizer.config.to_dict(),
+        mf.K_LABELS: list(tokenizer.labels),
+        mf.K_VOCAB: {
+            "n_codes": tokenizer.n_codes,
+            "bos": tokenizer.bos,
+            "first_label": tokenizer.n_codes + 1,
+            "size": tokenizer.vocab_size,
+        },
+        mf.K_IO: {
+            "inputs": mf.input_names(n_layer),
+            "outputs": mf.output_names(n_layer),
+            "opset": mf.OPSET,
+            "kv_layout": mf.KV_LAYOUT,
+            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes(n_layer).items()},
+            **(io_extra or {}),
+        },
+        mf.K_FILES: files,
+        mf.K_METRICS: metrics,
+        mf.K_RECOMMENDED: recommended,
+        mf.K_PRODUCER: producer,
+    }
+
+
+def write_manifest(root: Path, manifest: dict) -> Path:
+    path = root / mf.MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,153 @@
+"""INT8 versions of the FP32 ONNX file, with ONNX Runtime's quantization tools.
+
+Only the *weight* MatMuls are quantized (a MatMul whose second input is a weight initializer:
+the qkv, attention-output, MLP and head projections). The attention MatMuls (Q K^T and A V),
+the mask ``Where(mask, 0, -inf)`` + Add, Softmax, LayerNorm and the residual adds stay float:
+with ONNX Runtime's default static quantization a model of this shape fell to chance accuracy,
+because the huge mask constant and the Softmax inputs wreck MinMax calibration ranges.
+
+* :func:`quantize_qdq` - static, explicit QuantizeLinear/DequantizeLinear pairs, symmetric int8
+  activations and weights (zero points 0, what TensorRT requires), per-channel weights, calibrated
+  on real *training* images. ONNX Runtime and TensorRT both run it.
+* :func:`quantize_dynamic_int8` - int8 weights, activations quantized per batch at run time
+  (DynamicQuantizeLinear + MatMulInteger). CPU only: TensorRT's parser has no DynamicQuantizeLinear.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from pixlm.runtime import manifest as mf
+
+MIN_CALIBRATION_IMAGES = 32  # fewer gives activation ranges that depend on a handful of images
+
+
+class CalibrationError(ValueError):
+    """Not enough (or unusable) calibration data."""
+
+
+@contextmanager
+def _quiet():
+    """ONNX Runtime's quantizer logs advice on the root logger at WARNING for every call."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    """Names of MatMul/Gemm nodes whose B input is a 2-D weight (initializer or Constant)."""
+    weights = {i.name for i in model.graph.initializer if len(i.dims) == 2}
+    weights |= {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "Constant" and any(a.name == "value" and len(a.t.dims) == 2 for a in n.attribute)
+    }
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+
+
+def _named(path: Path) -> onnx.ModelProto:
+    """Load ``path`` and give every unnamed node a name (node selection works by name)."""
+    model = onnx.load(str(path))
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+    return model
+
+
+class _Calibration(CalibrationDataReader):
+    """CalibrationDataReader over prefill batches: [BOS, image tokens] with an empty cache."""
+
+    def __init__(self, seqs: np.ndarray, n_layer: int, n_head: int, head_dim: int, batch_size: int):
+        self.batches = []
+        for i in range(0, len(seqs), batch_size):
+            ids = seqs[i : i + batch_size]
+            empty = np.zeros((len(ids), n_head, 0, head_dim), dtype=np.float32)
+            feed = {mf.INPUT_IDS: ids}
+            for layer in range(n_layer):
+                feed[mf.past_key(layer)] = feed[mf.past_value(layer)] = empty
+            self.batches.append(feed)
+        self._it = iter(self.batches)
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def quantize_qdq(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calib_seqs: np.ndarray,
+    model_cfg: dict,
+    batch_size: int = 32,
+) -> int:
+    """Static QDQ INT8 of the weight MatMuls, calibrated on ``calib_seqs``; returns nodes quantized."""
+    if len(calib_seqs) < MIN_CALIBRATION_IMAGES:
+        raise CalibrationError(
+            f"{len(calib_seqs)} calibration images, need at least {MIN_CALIBRATION_IMAGES} "
+            "(raise --calib-images, or use a larger --data training split)"
+        )
+    model = _named(Path(fp32_path))
+    nodes = weight_matmuls(model)
+    hs = model_cfg["d_model"] // model_cfg["n_head"]
+    reader = _Calibration(calib_seqs, model_cfg["n_layer"], model_cfg["n_head"], hs, batch_size)
+    with _quiet():
+        quantize_static(
+            model,
+            str(out_path),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_quantize=nodes,
+            use_external_data_format=False,
+            extra_options={
+                "ActivationSymmetric": True,  # zero point 0: TensorRT's Q/DQ requirement
+                "WeightSymmetric": True,
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # weight (in, out): one scale per output
+            },
+        )
+    _finish(out_path, "static QDQ INT8 (weight MatMuls), pixlm bundle")
+    return len(nodes)
+
+
+def quantize_dynamic_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike) -> int:
+    """Dynamic INT8 of the weight MatMuls (CPU); returns the number of nodes quantized."""
+    model = _named(Path(fp32_path))
+    nodes = weight_matmuls(model)
+    with _quiet():
+        quantize_dynamic(
+            model,
+            str(out_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_quantize=nodes,
+            use_external_data_format=False,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    _finish(out_path, "dynamic INT8 (weight MatMuls), pixlm bundle")
+    return len(nodes)
+
+
+def _finish(path: str | os.PathLike, doc: str) -> None:
+    model = onnx.load(str(path))
+    model.producer_name, model.doc_string = "pixlm-export", doc
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)

@@ -1,0 +1,187 @@
+"""Bundles: the folder ``pixlm-export`` writes and the runtime loads (never a checkpoint).
+
+::
+
+    bundle = Bundle.load("build/default")     # checks schema, version, every file's sha256
+    bundle.tokenizer.encode(frame)            # the model's own tokenizer and palette
+    bundle.path("int8")                       # -> Path of model.int8.onnx
+    engine = OrtEngine(bundle.path(bundle.recommended("cpu")))
+
+Every name in ``manifest.json`` is declared in :mod:`pixlm.runtime.manifest`. Each check that
+fails raises one :class:`BundleError` naming the file; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixlm.runtime import manifest as mf
+from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
+
+_CHUNK = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: missing, malformed, tampered with or from another version."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of a bundle, already checked: its key in ``files``, path and manifest entry."""
+
+    key: str  # "fp32", "int8", "int8-dynamic", "tensorrt-int8", ...
+    path: Path
+    precision: str
+    format: str
+    entry: dict  # the manifest entry (sha256, bytes, quantization, metadata ...)
+
+
+class Bundle:
+    """A loaded, verified bundle. Build one with :meth:`load`."""
+
+    def __init__(self, root: Path, manifest: dict, files: dict[str, BundleFile], tokenizer: Tokenizer):
+        self.root = root
+        self.manifest = manifest
+        self.files = files
+        self.tokenizer = tokenizer
+
+    # -- what the runtime reads -----------------------------------------------------------------
+    @property
+    def model_config(self) -> dict:
+        """The model's shape: n_codes, n_labels, grid_h, grid_w, n_layer, n_head, d_model ..."""
+        return self.manifest[mf.K_MODEL]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.manifest[mf.K_LABELS])
+
+    @property
+    def vocabulary(self) -> dict:
+        """{"n_codes", "bos", "first_label", "size"}."""
+        return self.manifest[mf.K_VOCAB]
+
+    @property
+    def io(self) -> dict:
+        return self.manifest[mf.K_IO]
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get(mf.K_METRICS, {})
+
+    def path(self, key: str) -> Path:
+        """Path of the file stored under ``key`` ("fp32", "int8", "tensorrt-fp16" ...)."""
+        if key not in self.files:
+            raise BundleError(f"{self.root}: no {key!r} file in this bundle (has {sorted(self.files)})")
+        return self.files[key].path
+
+    def recommended(self, target: str = "cpu") -> str:
+        """File key the exporter recommends for ``target`` ("cpu" or "tensorrt")."""
+        key = self.manifest.get(mf.K_RECOMMENDED, {}).get(target)
+        if key is None:
+            raise BundleError(f"{self.root}: no file recommended for {target!r}")
+        return key
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> Bundle:
+        """Read ``path/manifest.json`` and check it; ``verify=False`` skips the sha256 pass."""
+        root = Path(path)
+        man_path = root / mf.MANIFEST
+        if not root.is_dir():
+            raise BundleError(f"{root}: no such bundle folder")
+        if not man_path.is_file():
+            raise BundleError(f"{man_path}: missing; {root} is not a pixlm bundle")
+        try:
+            manifest = json.loads(man_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(f"{man_path}: unreadable manifest ({e})") from e
+        if not isinstance(manifest, dict) or manifest.get(mf.K_SCHEMA) != mf.SCHEMA:
+            raise BundleError(f"{man_path}: not a {mf.SCHEMA} manifest")
+        version = manifest.get(mf.K_SCHEMA_VERSION)
+        if version != mf.SCHEMA_VERSION:
+            raise BundleError(
+                f"{man_path}: schema version {version}, this runtime reads {mf.SCHEMA_VERSION} "
+                "(re-export the bundle with a matching pixlm-export)"
+            )
+        for key in (mf.K_MODEL, mf.K_TOKENIZER, mf.K_LABELS, mf.K_VOCAB, mf.K_IO, mf.K_FILES):
+            if key not in manifest:
+                raise BundleError(f"{man_path}: missing key {key!r}")
+        tokenizer = _tokenizer(man_path, manifest)
+        files = {}
+        for key, entry in manifest[mf.K_FILES].items():
+            files[key] = _check_file(root, man_path, key, entry, verify)
+        return cls(root, manifest, files, tokenizer)
+
+
+def _tokenizer(man_path: Path, manifest: dict) -> Tokenizer:
+    try:
+        tok = Tokenizer(TokenizerConfig.from_dict(manifest[mf.K_TOKENIZER]), manifest[mf.K_LABELS])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{man_path}: bad {mf.K_TOKENIZER!r} ({e})") from e
+    model, vocab = manifest[mf.K_MODEL], manifest[mf.K_VOCAB]
+    expected = {
+        "n_codes": tok.n_codes,
+        "n_labels": len(tok.labels),
+        "grid_h": tok.grid[0],
+        "grid_w": tok.grid[1],
+    }
+    for name, value in expected.items():
+        if model.get(name) != value:
+            raise BundleError(f"{man_path}: model {name} {model.get(name)} != tokenizer's {value}")
+    if vocab.get("size") != tok.vocab_size or vocab.get("bos") != tok.bos:
+        raise BundleError(f"{man_path}: vocabulary {vocab} does not match the tokenizer")
+    return tok
+
+
+def _inside(root: Path, man_path: Path, key: str, rel: object) -> Path:
+    """Resolve a manifest path, refusing anything that leaves the bundle folder."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{man_path}: file {key!r} has no path")
+    p = Path(rel)
+    if p.is_absolute() or rel.startswith(("/", "\\")) or ".." in p.parts:
+        raise BundleError(f"{man_path}: file {key!r} path {rel!r} points outside the bundle")
+    full = root / p
+    real_root = root.resolve()
+    if not full.resolve().is_relative_to(real_root):
+        raise BundleError(f"{full}: resolves outside the bundle folder {real_root} (symlink?)")
+    return full
+
+
+def _check_blob(full: Path, entry: dict, verify: bool) -> None:
+    if not full.is_file():
+        raise BundleError(f"{full}: missing from the bundle")
+    size = full.stat().st_size
+    if entry.get(mf.F_BYTES) is not None and size != entry[mf.F_BYTES]:
+        raise BundleError(f"{full}: {size} bytes, manifest says {entry[mf.F_BYTES]} (truncated or replaced)")
+    if verify:
+        want = entry.get(mf.F_SHA256)
+        if not isinstance(want, str):
+            raise BundleError(f"{full}: no sha256 in the manifest")
+        got = sha256_of(full)
+        if got != want:
+            raise BundleError(f"{full}: sha256 mismatch (file {got[:12]}…, manifest {want[:12]}…): corrupted")
+
+
+def _check_file(root: Path, man_path: Path, key: str, entry: object, verify: bool) -> BundleFile:
+    if not isinstance(entry, dict):
+        raise BundleError(f"{man_path}: file entry {key!r} is not an object")
+    full = _inside(root, man_path, key, entry.get(mf.F_PATH))
+    _check_blob(full, entry, verify)
+    meta = entry.get(mf.F_METADATA)
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise BundleError(f"{man_path}: file {key!r} metadata is not an object")
+        _check_blob(_inside(root, man_path, key, meta.get(mf.F_PATH)), meta, verify)
+    return BundleFile(key, full, str(entry.get(mf.F_PRECISION)), str(entry.get(mf.F_FORMAT)), entry)

@@ -1,0 +1,228 @@
+"""`pixlm run`: stream sources through a bundle; a thin layer over ``Recognizer.stream``.
+
+No torch here: this is what the camera box runs. The ``pixlm`` group (sdk/cli.py) adds it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from pixlm.runtime.recognizer import BACKENDS, default_bundle_dir
+
+
+def _parse_grid(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter("must look like 2x2 (rows x columns)") from None
+    return rows, cols
+
+
+def _parse_roi(texts: tuple[str, ...]) -> list[tuple[int, int, int, int]] | None:
+    rois = []
+    for t in texts:
+        try:
+            x, y, w, h = (int(v) for v in t.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{t!r} must look like x,y,w,h in pixels") from None
+        rois.append((x, y, w, h))
+    return rois or None
+
+
+def ensure_default_bundle() -> Path:
+    """The default bundle, exported from the shipped model on first use (needs the export extra)."""
+    path = default_bundle_dir()
+    if (path / "manifest.json").exists():
+        return path
+    if importlib.util.find_spec("torch") is None:
+        raise click.ClickException(
+            f"no default bundle at {path}, and this machine cannot build one (no torch): "
+            "copy a bundle here or pass --bundle DIR"
+        )
+    click.echo(f"building the default bundle at {path} (first use; `make demo` does this too) ...", err=True)
+    p = subprocess.run([sys.executable, "-m", "pixlm.export.cli", "-o", str(path)], stdout=sys.stderr)
+    if p.returncode != 0:
+        raise click.ClickException("could not build the default bundle (see the lines above)")
+    return path
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("sources", nargs=-1, required=True)
+@click.option(
+    "--bundle",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Bundle folder from pixlm-export [default: the shipped model's, built on first use].",
+)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--precision", default=None, help="Bundle file to run (fp32, int8, int8-dynamic, ...).")
+@click.option("--roi", multiple=True, metavar="x,y,w,h", help="Region of interest; repeat for several.")
+@click.option("--grid", metavar="RxC", default=None, help="Split each frame into R x C tiles.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Most regions per engine call.")
+@click.option(
+    "--max-wait-ms", type=float, default=20.0, show_default=True, help="Longest wait to fill a batch."
+)
+@click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Write JSON Lines results here.")
+@click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write an overlay video (.mp4).")
+@click.option("--show", is_flag=True, help="Show a window (needs a GUI build of OpenCV).")
+@click.option("--max-frames", type=int, default=None, help="Stop after N frames in all.")
+@click.option(
+    "--anomaly-threshold",
+    type=float,
+    default=None,
+    help="Bits per pixel above which a region raises an anomaly event.",
+)
+@click.option("--stride", type=int, default=1, show_default=True, help="Keep every Nth frame of each source.")
+@click.option(
+    "--realtime", is_flag=True, help="Pace files at their frame rate (default: as fast as possible)."
+)
+@click.option(
+    "--prefix-reuse/--no-prefix-reuse",
+    default=True,
+    show_default=True,
+    help="Reuse each region's KV cache up to its first changed token.",
+)
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds of silence before a live source is reopened.",
+)
+@click.option("--reconnect-attempts", type=int, default=10, show_default=True)
+@click.option(
+    "--metrics-every", type=float, default=5.0, show_default=True, help="Seconds between metrics lines."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No per-frame lines on stdout.")
+def run(
+    sources,
+    bundle,
+    backend,
+    precision,
+    roi,
+    grid,
+    batch,
+    max_wait_ms,
+    jsonl,
+    save,
+    show,
+    max_frames,
+    anomaly_threshold,
+    stride,
+    realtime,
+    prefix_reuse,
+    threads,
+    timeout_s,
+    reconnect_attempts,
+    metrics_every,
+    quiet,
+) -> None:
+    """Recognize what SOURCES show, frame by frame, with anomaly scores.
+
+    \b
+    SOURCES are URIs, any mix of:
+      0, /dev/video0          V4L2 camera        csi://0          Jetson CSI camera
+      rtsp://host:8554/cam    network camera     http://host/x    MJPEG camera
+      clip.mp4                video file         img.png          one image
+      frames/                 folder of images   'frames/*.png'   glob of images
+    \b
+    Examples:
+      pixlm run /usr/share/doc/opencv-doc/examples/data/vtest.avi --grid 2x2 \\
+          --jsonl out.jsonl --save out.mp4
+      pixlm run rtsp://127.0.0.1:8554/cam --roi 0,0,320,240 --anomaly-threshold 0.5
+    """
+    from pixlm.runtime.recognizer import Recognizer
+    from pixlm.runtime.sinks import CallbackSink, JsonlSink, VideoSink, WindowSink
+    from pixlm.runtime.stream import Streamer
+
+    if roi and grid:
+        raise click.UsageError("give --roi or --grid, not both")
+    sinks: list = []
+    streamer = None
+    stopped_by = None
+
+    def on_signal(signum, _frame) -> None:
+        nonlocal stopped_by
+        stopped_by = signum
+        if streamer is not None:
+            streamer.stop()
+
+    try:
+        rec = Recognizer.open(bundle or ensure_default_bundle(), backend, precision, threads=threads)
+        jsonl_sink = JsonlSink(jsonl) if jsonl else None
+        sinks += [jsonl_sink] if jsonl_sink else []
+        if save:
+            sinks.append(VideoSink(save, list(sources)))
+        if show:
+            sinks.append(WindowSink())
+        if not quiet:
+            sinks.append(CallbackSink(_print_frame))
+        streamer = Streamer(
+            rec,
+            sources,
+            rois=_parse_roi(roi),
+            grid=_parse_grid(grid),
+            max_batch=batch,
+            max_wait_ms=max_wait_ms,
+            prefix_reuse=prefix_reuse,
+            anomaly_threshold=anomaly_threshold,
+            nll_map=bool(save or show),
+            max_frames=max_frames,
+            stride=stride,
+            realtime=realtime,
+            timeout_s=timeout_s,
+            reconnect_attempts=reconnect_attempts,
+            on_event=lambda e: _on_event(e, jsonl_sink),
+            on_metrics=lambda s: click.echo(s, err=True),
+            metrics_every=metrics_every,
+        )
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        n = 0
+        try:
+            with streamer:
+                for fr in streamer:
+                    n += 1
+                    for sink in sinks:
+                        sink.write(fr)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        for sink in sinks:
+            sink.close()
+    msg = f"{n} frames from {len(sources)} source(s)"
+    if jsonl:
+        msg += f"; results in {jsonl}"
+    if save:
+        msg += f"; overlay video in {save}"
+    click.echo(msg, err=True)
+    if stopped_by is not None:
+        click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
+        sys.exit(128 + stopped_by)
+
+
+def _on_event(e, jsonl_sink) -> None:
+    click.echo(f"[{e.status}] {e.source}: {e.message}", err=True)
+    if jsonl_sink is not None:
+        jsonl_sink.event(e)
+
+
+def _print_frame(fr) -> None:
+    parts = [
+        f"{rr.region.name} {rr.result.label} {rr.result.score:.2f} anomaly {rr.result.anomaly:.3f}"
+        + (" EVENT" if rr.anomalous else "")
+        for rr in fr.regions
+    ]
+    click.echo(f"{fr.source}#{fr.index}: " + "; ".join(parts))

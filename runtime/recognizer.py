@@ -1,0 +1,356 @@
+"""Recognizer: frames in, labels, scores and anomaly maps out, from a bundle. numpy + an engine.
+
+::
+
+    rec = Recognizer.open("build/default")          # or None: the default bundle
+    result = rec.predict(frame)                     # label, score, top_k, anomaly (bits/pixel)
+    results = rec.predict_batch(crops)
+    image = rec.complete(frame, known_rows=3)       # sample the rest of the image with the KV cache
+    for r in rec.stream(["vtest.avi"], grid=(2, 2)):  # see pixlm.runtime.stream
+        ...
+
+Recognition is the model's next token after ``[BOS, image tokens]`` restricted to the label
+tokens; the anomaly map is each image token's negative log-likelihood in bits, both from one
+forward pass. Backends all sit behind the ``Engine`` interface (``pixlm.runtime.engine``):
+
+    ========== ===========================================================================
+    ort-cpu    ONNX Runtime on the CPU (the bundle's recommended CPU file, INT8 by default)
+    ort-cuda   ONNX Runtime's CUDA execution provider
+    ort-trt    ONNX Runtime's TensorRT execution provider, engine cache in a folder, INT8 from QDQ
+    tensorrt   native TensorRT engines built by ``pixlm-export --tensorrt`` (Jetson)
+    auto       tensorrt if the bundle has an engine and TensorRT imports, else ort-cuda if
+               available, else ort-cpu
+    ========== ===========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.engine import KV, Engine, OrtEngine
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+LN2 = math.log(2.0)
+
+
+def default_bundle_dir() -> Path:
+    """Where the default bundle lives: ``$PIXLM_HOME/default`` (default ``~/.cache/pixlm``)."""
+    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / "default"
+
+
+class BackendUnavailable(RuntimeError):
+    """The asked-for backend's library or device is missing on this machine."""
+
+
+@dataclass
+class Result:
+    """What the model says about one image (or region)."""
+
+    label: str
+    label_index: int
+    score: float  # probability of ``label`` among the label tokens
+    top_k: list[tuple[str, float]]
+    anomaly: float  # mean negative log-likelihood of the image, bits per pixel
+    nll_map: np.ndarray | None = None  # (grid rows, grid cols) bits per token, when asked for
+    timings: dict[str, float] = field(default_factory=dict)  # ms: tokenize, infer, post
+    reused_tokens: int = 0  # prefix reuse: tokens whose KV came from the previous frame
+
+    def to_dict(self) -> dict:
+        """The JSON form (JSON Lines schema, see README)."""
+        return {
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top_k": [[name, round(p, 6)] for name, p in self.top_k],
+            "anomaly": round(self.anomaly, 6),
+            "reused_tokens": self.reused_tokens,
+        }
+
+
+@dataclass
+class _Prefix:
+    """Per-region memory for prefix reuse: last tokens, their KV cache and next-token log-probs."""
+
+    tokens: np.ndarray  # (N,)
+    past: list[KV]  # per layer (1, nh, N+1, hd): BOS + N image tokens
+    logp: np.ndarray  # (N, n_codes) log-probs of each image token's position
+    label_logits: np.ndarray  # (L,)
+
+
+class Recognizer:
+    """A bundle's tokenizer and model behind one engine. Build with :meth:`open`."""
+
+    def __init__(self, bundle: Bundle, engine: Engine, backend: str, file_key: str, top_k: int = 3):
+        self.bundle = bundle
+        self.tokenizer = bundle.tokenizer
+        self.engine = engine
+        self.backend = backend
+        self.file_key = file_key
+        self.labels = bundle.labels
+        self.top_k = top_k
+        self.n_codes = self.tokenizer.n_codes
+        self.pixels_per_token = self.tokenizer.config.patch**2
+        self.stats = {"frames": 0, "reuse_hits": 0, "tokens_total": 0, "tokens_saved": 0}
+
+    @classmethod
+    def open(
+        cls,
+        bundle: str | os.PathLike | Bundle | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        threads: int | None = None,
+        top_k: int = 3,
+        trt_cache_dir: str | os.PathLike | None = None,
+    ) -> Recognizer:
+        """Load and verify a bundle and start an engine on ``backend``.
+
+        ``precision``: a file key of the bundle ("fp32", "int8", "int8-dynamic", ...); default: the
+        exporter's recommendation for the backend.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if not isinstance(bundle, Bundle):
+            path = Path(bundle) if bundle is not None else default_bundle_dir()
+            if bundle is None and not (path / "manifest.json").exists():
+                raise BundleError(
+                    f"no default bundle at {path}: run `make demo` or `pixlm-export -o {path}`, "
+                    "or pass --bundle DIR"
+                )
+            bundle = Bundle.load(path)
+        if bundle.model_config.get("n_labels", len(bundle.labels)) != len(bundle.labels):
+            raise BundleError(f"{bundle.root}: labels do not match the model's label tokens")
+        if backend == "auto":
+            backend = _auto_backend(bundle)
+        if backend == "tensorrt":
+            from pixlm.runtime.engine_trt import TrtEngine  # lazy: TensorRT is optional
+
+            key = precision or bundle.recommended("tensorrt")
+            meta = bundle.files[key].path.with_suffix(".json")
+            return cls(
+                bundle, TrtEngine(bundle.path(key), meta if meta.exists() else None), backend, key, top_k
+            )
+        key = precision or bundle.recommended("cpu")
+        if backend == "ort-trt" and precision is None and "int8" in bundle.files:
+            key = "int8"  # the QDQ model: TensorRT's explicit INT8
+        providers = _providers(backend, trt_cache_dir or (bundle.root / "trt-cache"))
+        engine = OrtEngine(bundle.path(key), providers=providers, threads=threads)
+        return cls(bundle, engine, backend, key, top_k)
+
+    # -- one pass over whole images ------------------------------------------------------------
+    def analyze_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, N) image tokens -> label logits (B, L) and next-token log-probs (B, N, n_codes)."""
+        b = tokens.shape[0]
+        ids = np.concatenate([np.full((b, 1), self.tokenizer.bos, np.int64), tokens], axis=1)
+        logits, _ = self.engine.prefill(ids)
+        return logits[:, -1, self.n_codes + 1 :], _log_softmax(logits[:, :-1, : self.n_codes])
+
+    def predict(self, image: np.ndarray, nll_map: bool = False) -> Result:
+        """One image -> :class:`Result`."""
+        return self.predict_batch([image], nll_map=nll_map)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], nll_map: bool = False) -> list[Result]:
+        """Several images (any sizes) in one engine call."""
+        t0 = time.perf_counter()
+        tokens = self.tokenizer.encode_batch(images)
+        t1 = time.perf_counter()
+        label_logits, logp = self.analyze_tokens(tokens)
+        t2 = time.perf_counter()
+        results = self._results(tokens, label_logits, logp, nll_map)
+        t3 = time.perf_counter()
+        n = len(images)
+        for r in results:
+            r.timings = {
+                "tokenize": 1e3 * (t1 - t0) / n,
+                "infer": 1e3 * (t2 - t1) / n,
+                "post": 1e3 * (t3 - t2) / n,
+            }
+        self._count(tokens)
+        return results
+
+    def predict_tokens(self, tokens: np.ndarray, nll_map: bool = False) -> list[Result]:
+        """Already tokenized images (B, N) -> results, one full engine pass."""
+        results = self._results(tokens, *self.analyze_tokens(tokens), nll_map)
+        self._count(tokens)
+        return results
+
+    def _count(self, tokens: np.ndarray) -> None:
+        self.stats["frames"] += len(tokens)
+        self.stats["tokens_total"] += tokens.size + len(tokens)
+
+    # -- prefix reuse: static cameras ----------------------------------------------------------
+    def predict_tokens_reusing(
+        self, tokens: np.ndarray, memory: list[_Prefix | None], nll_map: bool = False
+    ) -> list[Result]:
+        """Like ``predict_batch`` on already tokenized regions, running the engine only from each
+        region's first token that changed since its previous frame (``memory[i]``, updated in place).
+
+        Exact for a causal model: a token's output depends only on the tokens before it, so the
+        cached KV of an unchanged prefix is what a full recompute would produce.
+        """
+        n = tokens.shape[1]
+        first_change = [
+            0 if m is None else int(np.argmax(m.tokens != t)) if (m.tokens != t).any() else n
+            for m, t in zip(memory, tokens, strict=True)
+        ]
+        groups: dict[int, list[int]] = {}
+        for i, j in enumerate(first_change):
+            groups.setdefault(j, []).append(i)
+        for j, rows in groups.items():
+            if j == n:  # nothing changed: the previous answer stands
+                continue
+            if j == 0:  # new region or first token changed: one batched prefill
+                ids = np.concatenate(
+                    [np.full((len(rows), 1), self.tokenizer.bos, np.int64), tokens[rows]], axis=1
+                )
+                logits, present = self.engine.prefill(ids)
+                for r, i in enumerate(rows):
+                    memory[i] = _Prefix(
+                        tokens[i].copy(),
+                        [(k[r : r + 1], v[r : r + 1]) for k, v in present],
+                        _log_softmax(logits[r, :-1, : self.n_codes]),
+                        logits[r, -1, self.n_codes + 1 :],
+                    )
+                continue
+            # Rows with the same j share the cached prefix length: batch them. The cache holds
+            # BOS + tokens[:j]; feed tokens[j:], whose outputs predict tokens j+1.. and the label.
+            past = [
+                (
+                    np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in rows]),
+                    np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in rows]),
+                )
+                for layer in range(len(memory[rows[0]].past))
+            ]
+            logits, present = self.engine.run(tokens[rows, j:], past)
+            for r, i in enumerate(rows):
+                m = memory[i]
+                m.tokens = tokens[i].copy()
+                m.past = [(k[r : r + 1], v[r : r + 1]) for k, v in present]
+                m.logp = np.concatenate([m.logp[: j + 1], _log_softmax(logits[r, :-1, : self.n_codes])])
+                m.label_logits = logits[r, -1, self.n_codes + 1 :]
+        label_logits = np.stack([m.label_logits for m in memory])
+        logp = np.stack([m.logp for m in memory])
+        results = self._results(tokens, label_logits, logp, nll_map)
+        for r, j in zip(results, first_change, strict=True):
+            r.reused_tokens = j + 1 if j < n else n + 1  # BOS counts: it is cached too
+            self.stats["reuse_hits"] += int(j > 0)
+            self.stats["tokens_saved"] += r.reused_tokens
+        self._count(tokens)
+        return results
+
+    # -- completion ----------------------------------------------------------------------------
+    def complete(
+        self,
+        image: np.ndarray,
+        known_rows: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Keep the first ``known_rows`` token rows of ``image`` and sample the rest with the KV
+        cache (one engine call per new token). Returns the completed image (tokenizer size)."""
+        rows, cols = self.tokenizer.grid
+        if not 0 <= known_rows <= rows:
+            raise ValueError(f"known_rows must be within 0..{rows}, got {known_rows}")
+        rng = np.random.default_rng(seed)
+        tokens = list(self.tokenizer.encode(image)[: known_rows * cols])
+        ids = np.array([[self.tokenizer.bos, *tokens]], dtype=np.int64)
+        logits, past = self.engine.prefill(ids)
+        while len(tokens) < rows * cols:
+            z = logits[0, -1, : self.n_codes].astype(np.float64) / max(temperature, 1e-6)
+            if top_k is not None:
+                z[z < np.sort(z)[-min(top_k, len(z))]] = -np.inf
+            p = np.exp(z - z.max())
+            tok = int(rng.choice(len(p), p=p / p.sum()))
+            tokens.append(tok)
+            logits, past = self.engine.run(np.array([[tok]], dtype=np.int64), past)
+        return self.tokenizer.decode(np.array(tokens))
+
+    # -- streaming -----------------------------------------------------------------------------
+    def stream(self, sources: Sequence[str], **options) -> Iterator:
+        """Open ``sources`` (URIs) and yield a ``FrameResult`` per frame; see ``pixlm.runtime.stream``."""
+        from pixlm.runtime.stream import Streamer
+
+        with Streamer(self, sources, **options) as streamer:
+            yield from streamer
+
+    # -- shared post-processing ----------------------------------------------------------------
+    def _results(
+        self, tokens: np.ndarray, label_logits: np.ndarray, logp: np.ndarray, nll_map: bool
+    ) -> list[Result]:
+        nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] / LN2  # (B, N) bits
+        out = []
+        rows, cols = self.tokenizer.grid
+        for i in range(len(tokens)):
+            probs = _softmax(label_logits[i]) if len(self.labels) else np.zeros(0)
+            order = np.argsort(-probs)[: self.top_k]
+            best = int(order[0]) if len(order) else -1
+            out.append(
+                Result(
+                    label=self.labels[best] if best >= 0 else "",
+                    label_index=best,
+                    score=float(probs[best]) if best >= 0 else 0.0,
+                    top_k=[(self.labels[k], float(probs[k])) for k in order],
+                    anomaly=float(nll[i].mean() / self.pixels_per_token),
+                    nll_map=nll[i].reshape(rows, cols).astype(np.float32) if nll_map else None,
+                )
+            )
+        return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return (x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max())
+    return e / e.sum()
+
+
+def _auto_backend(bundle: Bundle) -> str:
+    if any(k.startswith("tensorrt") for k in bundle.files):
+        try:
+            from pixlm.runtime.engine_trt import import_tensorrt
+
+            import_tensorrt()
+            return "tensorrt"
+        except Exception:
+            pass
+    import onnxruntime as ort
+
+    return "ort-cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "ort-cpu"
+
+
+def _providers(backend: str, trt_cache_dir: str | os.PathLike) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if backend == "ort-cpu":
+        return ["CPUExecutionProvider"]
+    if backend == "ort-cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise BackendUnavailable(
+                "backend ort-cuda needs onnxruntime-gpu and an NVIDIA GPU; this onnxruntime offers "
+                f"{available}. Install onnxruntime-gpu (or use --backend ort-cpu)."
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" not in available:
+        raise BackendUnavailable(
+            "backend ort-trt needs onnxruntime-gpu built with TensorRT (JetPack's onnxruntime-gpu) "
+            f"and a GPU; this onnxruntime offers {available}"
+        )
+    Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+    trt = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(trt_cache_dir),
+        "trt_int8_enable": True,
+    }
+    return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -1,0 +1,154 @@
+"""Where streaming results go: JSON Lines, an overlay video, a window, a Python callback.
+
+Every sink has ``write(frame_result)`` and ``close()``; ``pixlm run`` closes them all on exit,
+Ctrl-C and SIGTERM included, so the JSONL has only whole lines and the video is playable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pixlm.runtime.sources import SourceEvent
+from pixlm.runtime.stream import FrameResult
+
+
+class JsonlSink:
+    """One JSON object per line: a ``result`` per region of each frame, plus ``status`` events.
+
+    Each line is written whole and flushed, so a reader (``tail -f``) never sees half a record.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        except OSError as e:
+            raise ValueError(f"{self.path}: cannot write JSON Lines ({e.strerror})") from e
+
+    def write(self, fr: FrameResult) -> None:
+        self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fr.records()))
+        self._f.flush()
+
+    def event(self, e: SourceEvent) -> None:
+        rec = {
+            "type": "status",
+            "source": e.source,
+            "status": e.status,
+            "timestamp": round(e.time, 6),
+            "message": e.message,
+        }
+        self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
+class VideoSink:
+    """An mp4 of the frames with regions, labels, scores, the anomaly heat map and FPS drawn on.
+
+    Written to ``NAME.partial.mp4`` and renamed on close, so the named file is always playable.
+    One file per source: with several sources, ``out.mp4`` becomes ``out-0.mp4``, ``out-1.mp4`` ...
+    """
+
+    def __init__(self, path: str | os.PathLike, sources: list[str], fps: float = 10.0):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in (".mp4", ".avi", ".mkv"):
+            raise ValueError(f"{self.path}: the overlay video must end in .mp4, .avi or .mkv")
+        if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
+            raise ValueError(f"{self.path}: folder missing or not writable")
+        self.fps = fps
+        self._targets = {
+            s: self.path if len(sources) == 1 else self.path.with_stem(f"{self.path.stem}-{i}")
+            for i, s in enumerate(sources)
+        }
+        self._writers: dict[str, tuple[cv2.VideoWriter, Path, Path]] = {}
+        self._clock: dict[str, list[float]] = {}
+
+    def write(self, fr: FrameResult) -> None:
+        image = draw_overlay(fr, self._fps(fr.source))
+        if fr.source not in self._writers:
+            final = self._targets.get(fr.source, self.path)
+            tmp = final.with_name(f"{final.stem}.partial{final.suffix}")
+            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if final.suffix.lower() == ".mp4" else "MJPG"))
+            writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (image.shape[1], image.shape[0]))
+            if not writer.isOpened():
+                raise ValueError(f"{final}: OpenCV cannot write this video")
+            self._writers[fr.source] = (writer, tmp, final)
+        self._writers[fr.source][0].write(image)
+
+    def _fps(self, source: str) -> float:
+        t = self._clock.setdefault(source, [])
+        t.append(time.monotonic())
+        del t[:-30]
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def close(self) -> None:
+        for writer, tmp, final in self._writers.values():
+            writer.release()
+            os.replace(tmp, final)
+        self._writers.clear()
+
+    @property
+    def files(self) -> list[Path]:
+        return [final for _, _, final in self._writers.values()]
+
+
+class WindowSink:
+    """A desktop window (``--show``); needs an OpenCV build with a GUI backend."""
+
+    def __init__(self) -> None:
+        if "GUI:" in cv2.getBuildInformation() and "NONE" in cv2.getBuildInformation().split("GUI:")[1][:40]:
+            raise ValueError("--show needs OpenCV with a GUI (opencv-python, not opencv-python-headless)")
+
+    def write(self, fr: FrameResult) -> None:
+        cv2.imshow(f"pixlm: {fr.source}", draw_overlay(fr, 0.0))
+        cv2.waitKey(1)
+
+    def close(self) -> None:
+        cv2.destroyAllWindows()
+
+
+class CallbackSink:
+    """Calls ``fn(frame_result)`` for each frame (the Python API's hook)."""
+
+    def __init__(self, fn: Callable[[FrameResult], None]):
+        self.fn = fn
+
+    def write(self, fr: FrameResult) -> None:
+        self.fn(fr)
+
+    def close(self) -> None:
+        pass
+
+
+def draw_overlay(fr: FrameResult, fps: float) -> np.ndarray:
+    """The frame with each region's box, label, score and anomaly heat map; FPS in the corner."""
+    image = fr.image.copy()
+    for rr in fr.regions:
+        r, res = rr.region, rr.result
+        if res.nll_map is not None:
+            heat = np.clip(res.nll_map / max(float(res.nll_map.max()), 1e-6), 0, 1)
+            heat = cv2.resize((heat * 255).astype(np.uint8), (r.w, r.h), interpolation=cv2.INTER_NEAREST)
+            coloured = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
+            roi = image[r.y : r.y + r.h, r.x : r.x + r.w]
+            roi[:] = cv2.addWeighted(roi, 0.65, coloured, 0.35, 0)
+        colour = (0, 0, 255) if rr.anomalous else (0, 255, 0)
+        cv2.rectangle(image, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), colour, 2)
+        text = f"{res.label} {res.score:.2f} | {res.anomaly:.2f} b/px"
+        cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3)
+        cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+    label = f"{fps:.1f} FPS  frame {fr.index}"
+    cv2.putText(image, label, (6, image.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+    return image

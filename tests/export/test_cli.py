@@ -1,0 +1,132 @@
+"""`pixlm-export` end to end (in-process click runner): the gate, bad input, no half bundles."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pixlm.export import cli, pipeline
+from pixlm.runtime import manifest as mf
+
+# The tiny model on 200 images: one image is 0.5 points, so the gate gets slack (2 points) here.
+FAST = [
+    "--max-drop",
+    "2",
+    "--eval-images",
+    "200",
+    "--calib-images",
+    "64",
+    "--threads",
+    "2",
+    "--bench-seconds",
+    "0",
+    "--no-dynamic",
+]
+
+
+def export(*args: str):
+    return CliRunner().invoke(cli.main, list(args), catch_exceptions=False)
+
+
+def leftovers(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_export_writes_a_bundle(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    r = export(str(tiny_checkpoint), "-o", str(out), *FAST)
+    assert r.exit_code == 0, r.output
+    for step in (
+        "onnx fp32",
+        "validate fp32",
+        "quantize int8 qdq",
+        "accuracy int8 qdq",
+        "tensorrt lint",
+        "bundle",
+    ):
+        assert f"✓ {step}" in r.output
+    assert "| format | size MB | test accuracy |" in r.output
+    man = json.loads((out / mf.MANIFEST).read_text())
+    assert set(man[mf.K_FILES]) == {mf.FP32, mf.INT8}
+    assert man[mf.K_METRICS][mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32
+    fp32, int8 = man[mf.K_METRICS][mf.FP32][mf.M_ACCURACY], man[mf.K_METRICS][mf.INT8][mf.M_ACCURACY]
+    assert 100 * (fp32 - int8) <= 2
+    assert man[mf.K_IO]["tensorrt_lint"]["problems"] == []
+    assert leftovers(tmp_path) == []
+
+
+def test_gate_failure_exits_nonzero_and_leaves_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    r = export(str(tiny_checkpoint), "-o", str(out), *FAST, "--max-drop", "-1")
+    assert r.exit_code == 1
+    assert "✗ accuracy int8 qdq" in r.output
+    assert "Error: int8 accuracy" in r.output and "--max-drop -1" in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_existing_output_needs_force(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "old.txt").write_text("previous bundle")
+    r = export(str(tiny_checkpoint), "-o", str(out), *FAST)
+    assert r.exit_code == 1 and "--force" in r.output
+    r = export(str(tiny_checkpoint), "-o", str(out), *FAST, "--no-int8", "--force")
+    assert r.exit_code == 0, r.output
+    assert not (out / "old.txt").exists() and (out / mf.MANIFEST).is_file()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("missing checkpoint", [], "checkpoint not found"),
+        ("corrupt checkpoint", [], "not a readable checkpoint"),
+        ("few calibration images", ["--calib-images", "8"], "--calib-images 8: need at least"),
+        ("fp16 without tensorrt", ["--fp16"], "add --tensorrt"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_checkpoint, tmp_path, case, extra, message):
+    ckpt = tiny_checkpoint
+    if case == "missing checkpoint":
+        ckpt = tmp_path / "nope.pt"
+    elif case == "corrupt checkpoint":
+        ckpt = tmp_path / "corrupt.pt"
+        ckpt.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    out = tmp_path / "b"
+    r = export(str(ckpt), "-o", str(out), *FAST, *extra)
+    assert r.exit_code == 1
+    assert message in r.output and "Traceback" not in r.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_unwritable_output(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = export(str(tiny_checkpoint), "-o", str(blocker / "b"), *FAST, "--no-int8")
+    assert r.exit_code == 1 and str(blocker) in r.output and "Traceback" not in r.output
+
+
+def test_disk_full_is_reported_and_cleaned_up(tiny_checkpoint, tmp_path, monkeypatch):
+    def full(root, manifest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(root / mf.MANIFEST))
+
+    monkeypatch.setattr(pipeline, "write_manifest", full)
+    out = tmp_path / "b"
+    r = export(str(tiny_checkpoint), "-o", str(out), *FAST, "--no-int8")
+    assert r.exit_code == 1 and "disk full while writing" in r.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_tensorrt_missing_is_explained(tiny_checkpoint, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    r = export(str(tiny_checkpoint), "-o", str(tmp_path / "b"), *FAST, "--tensorrt")
+    assert r.exit_code == 1 and "TensorRT is not installed" in r.output and "JetPack" in r.output

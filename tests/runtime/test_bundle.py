@@ -1,0 +1,120 @@
+"""Bundle loading, torch-free: schema, version, checksums, paths that leave the bundle folder.
+
+The bundle comes from the real exporter (``tiny_bundle`` runs ``pixlm-export`` in a subprocess);
+each test damages its own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pixlm.runtime import manifest as mf
+from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.engine import OrtEngine
+
+
+@pytest.fixture
+def bundle_dir(tiny_bundle, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def edit_manifest(root, change):
+    path = root / mf.MANIFEST
+    man = json.loads(path.read_text())
+    change(man)
+    path.write_text(json.dumps(man))
+
+
+def test_loads_a_real_bundle(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    assert set(b.files) == {mf.FP32, mf.INT8, mf.INT8_DYNAMIC}
+    assert all(f.path.is_file() and f.path.parent == tiny_bundle for f in b.files.values())
+    assert b.files[mf.INT8].entry[mf.F_QUANTIZATION] == mf.QUANT_QDQ
+    assert len(b.labels) == b.model_config["n_labels"] == 10
+    assert b.tokenizer.n_codes == b.model_config["n_codes"] == b.vocabulary["n_codes"]
+    assert b.io["inputs"] == mf.input_names(b.model_config["n_layer"])
+    assert b.io["kv_layout"] == mf.KV_LAYOUT and b.io["opset"] == mf.OPSET
+    assert b.recommended("cpu") in b.files
+    m = b.metrics
+    assert m[mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32 and m[mf.FP32][mf.M_LABEL_AGREEMENT] == 1.0
+    assert 100 * (m[mf.FP32][mf.M_ACCURACY] - m[mf.INT8][mf.M_ACCURACY]) <= 2  # TINY_EXPORT's gate
+    assert {"pixlm", "torch", "onnx", "onnxruntime"} <= set(b.manifest[mf.K_PRODUCER])
+    with pytest.raises(BundleError, match="no 'tensorrt-int8' file"):
+        b.path("tensorrt-int8")
+
+
+def test_bundle_runs_without_torch(tiny_bundle):
+    """Tokenizer + engine from the bundle alone: a blank frame's label and a cached decode step."""
+    b = Bundle.load(tiny_bundle)
+    engine = OrtEngine(b.path(mf.INT8), threads=1)
+    tokens = b.tokenizer.encode(np.zeros((28, 28), np.uint8))
+    seq = np.concatenate([[b.tokenizer.bos], tokens])[None]
+    full, past = engine.prefill(seq)
+    assert full.shape == (1, len(tokens) + 1, b.vocabulary["size"])
+    assert past[0][0].shape == (1, engine.n_head, len(tokens) + 1, engine.head_dim)
+    head, past = engine.prefill(seq[:, :-1])
+    last, _ = engine.run(seq[:, -1:], past)
+    label = int(last[0, -1, b.vocabulary["first_label"] :].argmax())
+    assert 0 <= label < len(b.labels)
+
+
+def test_flipped_byte_fails_its_checksum(bundle_dir):
+    target = bundle_dir / mf.onnx_filename(mf.INT8)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.int8\.onnx: sha256 mismatch"):
+        Bundle.load(bundle_dir)
+    Bundle.load(bundle_dir, verify=False)  # the size still matches: only the hash can tell
+
+
+def test_truncated_and_missing_files(bundle_dir):
+    fp32 = bundle_dir / mf.onnx_filename(mf.FP32)
+    fp32.write_bytes(fp32.read_bytes()[:100])
+    with pytest.raises(BundleError, match=r"model\.fp32\.onnx: 100 bytes"):
+        Bundle.load(bundle_dir)
+    fp32.unlink()
+    with pytest.raises(BundleError, match=r"model\.fp32\.onnx: missing"):
+        Bundle.load(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m.update({mf.K_SCHEMA: "other"}), "not a pixlm-bundle manifest"),
+        (lambda m: m.update({mf.K_SCHEMA_VERSION: mf.SCHEMA_VERSION + 1}), "schema version"),
+        (lambda m: m.pop(mf.K_FILES), "missing key 'files'"),
+        (lambda m: m[mf.K_MODEL].update(n_codes=3), "model n_codes 3"),
+        (lambda m: m[mf.K_FILES][mf.FP32].update(path="../model.fp32.onnx"), "outside the bundle"),
+        (lambda m: m[mf.K_FILES][mf.FP32].update(path="/etc/hostname"), "outside the bundle"),
+    ],
+)
+def test_bad_manifest_is_one_clear_error(bundle_dir, change, message):
+    edit_manifest(bundle_dir, change)
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(bundle_dir)
+
+
+def test_symlink_out_of_the_bundle_is_refused(bundle_dir, tmp_path):
+    name = mf.onnx_filename(mf.FP32)
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(bundle_dir / name, outside)  # same bytes, same sha256: only the location is wrong
+    (bundle_dir / name).symlink_to(outside)
+    with pytest.raises(BundleError, match="resolves outside the bundle"):
+        Bundle.load(bundle_dir)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        Bundle.load(tmp_path / "nothing")
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        Bundle.load(tmp_path)
+    (tmp_path / mf.MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable manifest"):
+        Bundle.load(tmp_path)

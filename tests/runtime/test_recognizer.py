@@ -1,0 +1,119 @@
+"""Recognizer and Streamer on a real bundle (exported by the real CLI), real images and video.
+
+torch is blocked in this folder: everything here is what the camera box runs.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import VTEST
+from pixlm.data import load_fashion_mnist
+from pixlm.runtime.bundle import BundleError
+from pixlm.runtime.recognizer import BackendUnavailable, Recognizer
+from pixlm.runtime.sources import SourceError
+from pixlm.runtime.stream import Streamer, grid_regions
+
+
+@pytest.fixture(scope="module")
+def rec(tiny_bundle) -> Recognizer:
+    return Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(VTEST))
+    out = [cap.read()[1] for _ in range(40)]
+    assert all(f is not None for f in out)
+    return out
+
+
+def test_predict_matches_the_exported_accuracy(rec):
+    data = load_fashion_mnist(split="test")
+    images, labels = data.images[:500], data.labels[:500]
+    results = rec.predict_batch(list(images))
+    acc = np.mean([r.label_index == y for r, y in zip(results, labels, strict=True)])
+    assert acc == pytest.approx(rec.bundle.metrics["fp32"]["accuracy"], abs=1e-9)  # same 500 images
+    r = results[0]
+    assert r.label == rec.labels[r.label_index] and 0 < r.score <= 1
+    assert [name for name, _ in r.top_k][0] == r.label and len(r.top_k) == 3
+    assert r.anomaly > 0 and set(r.timings) == {"tokenize", "infer", "post"}
+
+
+def test_predict_batch_equals_single_predictions(rec, frames):
+    batch = rec.predict_batch(frames[:4], nll_map=True)
+    for f, b in zip(frames[:4], batch, strict=True):
+        one = rec.predict(f, nll_map=True)
+        assert one.label == b.label and one.score == pytest.approx(b.score, abs=1e-5)
+        assert np.allclose(one.nll_map, b.nll_map, atol=1e-4)
+    assert batch[0].nll_map.shape == rec.tokenizer.grid
+
+
+def test_prefix_reuse_equals_full_recompute_on_real_video(rec, frames):
+    regions = grid_regions(frames[0].shape[1], frames[0].shape[0], 2, 2)
+    memory = [None] * len(regions)
+    reused = 0
+    for f in frames:
+        tokens = rec.tokenizer.encode_batch([r.crop(f) for r in regions])
+        full = rec.predict_tokens(tokens, nll_map=True)
+        fast = rec.predict_tokens_reusing(tokens, memory, nll_map=True)
+        for a, b in zip(full, fast, strict=True):
+            assert a.label == b.label
+            assert abs(a.score - b.score) < 1e-5 and abs(a.anomaly - b.anomaly) < 1e-5
+            assert np.abs(a.nll_map - b.nll_map).max() < 1e-4
+            reused += b.reused_tokens
+    assert reused > 0  # a static camera: most frames share a prefix with the one before
+    assert rec.stats["tokens_saved"] >= reused
+
+
+def test_complete_keeps_known_rows_and_fills_the_rest(rec):
+    image = load_fashion_mnist(split="test").images[0]
+    rows, cols = rec.tokenizer.grid
+    p = rec.tokenizer.config.patch
+    a = rec.complete(image, known_rows=3, seed=1)
+    b = rec.complete(image, known_rows=3, seed=1)
+    assert a.shape == image.shape and np.array_equal(a, b)
+    known = rec.tokenizer.decode(rec.tokenizer.encode(image))[: 3 * p]
+    assert np.array_equal(a[: 3 * p], known)
+    with pytest.raises(ValueError, match="known_rows"):
+        rec.complete(image, known_rows=rows + 1)
+
+
+def test_stream_a_video_file_in_a_grid_with_batching(rec):
+    seen = []
+    with Streamer(rec, [str(VTEST)], grid=(2, 2), max_batch=8, stride=5, max_frames=30) as s:
+        for fr in s:
+            seen.append(fr)
+    assert [fr.index for fr in seen] == list(range(0, 150, 5))  # every 5th frame, none lost
+    assert all(len(fr.regions) == 4 for fr in seen)
+    rec0 = seen[0].records()[0]
+    for key in ("source", "frame", "timestamp", "region", "label", "score", "top_k", "anomaly", "timings_ms"):
+        assert key in rec0
+    assert rec0["region"]["xywh"] == [0, 0, 384, 288]
+
+
+def test_anomaly_threshold_raises_events(rec):
+    with Streamer(rec, [str(VTEST)], max_frames=5, anomaly_threshold=0.0) as s:
+        out = list(s)
+    assert all(rr.anomalous for fr in out for rr in fr.regions)
+    assert out[0].regions[0].result.nll_map is not None
+
+
+def test_region_outside_the_frame_names_the_source(rec):
+    with pytest.raises(ValueError, match="vtest.avi: region .* outside the 768x576 frame"):
+        with Streamer(rec, [str(VTEST)], rois=[(700, 500, 100, 100)], max_frames=1) as s:
+            list(s)
+
+
+def test_bad_sources_and_bundles_are_clear_errors(rec, tmp_path):
+    with pytest.raises(SourceError, match="unknown URI scheme"):
+        with Streamer(rec, ["ftp://127.0.0.1/x"]) as s:
+            list(s)
+    with pytest.raises(BundleError, match="no such bundle"):
+        Recognizer.open(tmp_path / "nothing")
+    with pytest.raises(BackendUnavailable, match="ort-cuda"):
+        Recognizer.open(rec.bundle, backend="ort-cuda")
+    with pytest.raises(BackendUnavailable, match="ort-trt"):
+        Recognizer.open(rec.bundle, backend="ort-trt")

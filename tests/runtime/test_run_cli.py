@@ -1,0 +1,176 @@
+"""`pixlm run` end to end: real video, JSON Lines, overlay mp4, signals, a real RTSP camera.
+
+The CLI runs in a subprocess whose ``import torch`` is blocked, as on a camera box.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from cameras import RTSP_SERVER, SYSTEM_PYTHON, free_port, has_rtsp_server
+from conftest import VTEST
+
+NO_TORCH = (
+    "import sys\n"
+    "class B:\n"
+    "    def find_spec(self, n, p=None, t=None):\n"
+    "        if n.split('.')[0] == 'torch': raise ImportError('torch blocked')\n"
+    "sys.meta_path.insert(0, B())\n"
+    "from pixlm.cli import main\n"
+    "main(prog_name='pixlm')\n"
+)
+
+
+def pixlm_run(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", NO_TORCH, "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    text = path.read_text() if path.exists() else ""
+    assert text == "" or text.endswith("\n"), "a truncated last line"
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def frames_in(video: Path) -> int:
+    cap = cv2.VideoCapture(str(video))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_video_grid_jsonl_and_overlay(tiny_bundle, tmp_path):
+    out, mp4 = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    p = pixlm_run(
+        str(VTEST),
+        "--bundle",
+        str(tiny_bundle),
+        "--grid",
+        "2x2",
+        "--jsonl",
+        str(out),
+        "--save",
+        str(mp4),
+        "--max-frames",
+        "40",
+        "--anomaly-threshold",
+        "0.3",
+        "--metrics-every",
+        "0.5",
+    )
+    stdout, stderr = p.communicate(timeout=180)
+    assert p.returncode == 0, stderr
+    records = read_jsonl(out)
+    results = [r for r in records if r["type"] == "result"]
+    assert len(results) == 160 and sorted({r["frame"] for r in results}) == list(range(40))
+    assert {r["region"]["name"] for r in results} == {"r0c0", "r0c1", "r1c0", "r1c1"}
+    r = results[0]
+    assert r["source"].endswith("vtest.avi") and r["label"] in [name for name, _ in r["top_k"]]
+    assert set(r["timings_ms"]) == {"tokenize", "infer", "post"} and isinstance(r["anomaly_event"], bool)
+    assert any(x["type"] == "status" and x["status"] == "ok" for x in records)
+    assert frames_in(mp4) == 40 and not list(tmp_path.glob("*.partial.*"))
+    assert "[metrics]" in stderr and "prefix reuse" in stderr
+    assert stdout.count("vtest.avi#") == 40
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_closes_every_sink(tiny_bundle, tmp_path, sig):
+    out, mp4 = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    p = pixlm_run(
+        str(VTEST), "--bundle", str(tiny_bundle), "--realtime", "--jsonl", str(out), "--save", str(mp4), "-q"
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(r["type"] == "result" for r in read_jsonl(out)) < 10:
+        time.sleep(0.2)
+    p.send_signal(sig)
+    _, stderr = p.communicate(timeout=30)
+    assert p.returncode == 128 + sig, stderr
+    assert "all outputs closed" in stderr
+    results = [r for r in read_jsonl(out) if r["type"] == "result"]  # every line parses
+    assert 10 <= len(results) < 795
+    assert frames_in(mp4) == len(results)  # one region per frame: the video holds every frame
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_rtsp_server(), reason="needs python3-gi + gir1.2-gst-rtsp-server-1.0")
+def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
+    port = free_port()
+    server_cmd = [SYSTEM_PYTHON, str(RTSP_SERVER), str(port)]
+    server = procs(server_cmd, ready="READY")
+    out = tmp_path / "out.jsonl"
+    p = pixlm_run(
+        f"rtsp://127.0.0.1:{port}/test",
+        "--bundle",
+        str(tiny_bundle),
+        "--jsonl",
+        str(out),
+        "--timeout",
+        "2",
+        "-q",
+    )
+    try:
+
+        def wait(cond, seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                records = read_jsonl(out)
+                if cond(records):
+                    return records
+                time.sleep(0.2)
+            raise AssertionError(f"timed out; last records: {read_jsonl(out)[-5:]}")
+
+        wait(lambda rs: sum(r["type"] == "result" for r in rs) >= 5, 40)
+        server.kill()
+        server.wait(timeout=10)
+        t_kill = time.time()
+        wait(lambda rs: any(r.get("status") == "reconnecting" for r in rs), 30)
+        procs(server_cmd, ready="READY")
+        t_back = time.time()
+        records = wait(lambda rs: sum(r["type"] == "result" and r["timestamp"] > t_back for r in rs) >= 5, 40)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, stderr = p.communicate(timeout=30)
+    results = [r for r in read_jsonl(out) if r["type"] == "result"]
+    before = [r for r in results if r["timestamp"] < t_kill]
+    after = [r for r in results if r["timestamp"] > t_back]
+    assert len(before) >= 5 and len(after) >= 5
+    frames = [r["frame"] for r in results]
+    assert frames == sorted(frames), "frame indices count on across the reconnect"
+    statuses = [r["status"] for r in records if r["type"] == "status"]
+    assert "timeout" in statuses and "reconnecting" in statuses and statuses[-1] == "ok"
+    assert p.returncode == 130, stderr
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["ftp://127.0.0.1/x"], "unknown URI scheme"),
+        (["/nonexistent/clip.mp4"], "no such file"),
+        ([str(VTEST), "--roi", "700,500,100,100", "--max-frames", "1"], "outside the 768x576 frame"),
+        ([str(VTEST), "--grid", "2by2"], "2x2"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_bundle, args, words):
+    p = pixlm_run(*args, "--bundle", str(tiny_bundle))
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode != 0 and words in stderr and "Traceback" not in stderr, stderr
+
+
+def test_missing_bundle_is_one_clear_line(tmp_path):
+    p = pixlm_run(str(VTEST), "--bundle", str(tmp_path / "none"))
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 1 and "no such bundle folder" in stderr and "Traceback" not in stderr
