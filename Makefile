@@ -25,8 +25,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
+DEFAULT_BUNDLE = $$($(BIN)/python -c 'from pixlm.runtime.recognizer import default_bundle_dir as d; print(d())')
+
+# The main job on the shipped model: its test accuracy, its deployable bundle (ONNX fp32 + INT8,
+# validated and gated), then streaming recognition of a surveillance clip in a 2x2 grid.
 demo: setup
 	$(BIN)/pixlm eval --dataset fashion-mnist --split test
+	$(BIN)/pixlm-export -o "$(DEFAULT_BUNDLE)" --force
+	$(BIN)/pixlm run $(VTEST) --grid 2x2 --jsonl out.jsonl --save out.mp4 --quiet
 
 lint: setup
 	$(BIN)/ruff check .

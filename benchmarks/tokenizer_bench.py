@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
+
 from pixlm.palette import fit_palette
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 

@@ -63,7 +63,12 @@ def ensure_default_bundle() -> Path:
     help="Bundle folder from pixlm-export [default: the shipped model's, built on first use].",
 )
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--precision", default=None, help="Bundle file to run (fp32, int8, int8-dynamic, ...).")
+@click.option(
+    "--precision",
+    default=None,
+    help="Bundle file to run: fp32, int8, int8-dynamic [default: fp32 with prefix reuse "
+    "(exact), else the bundle's recommendation].",
+)
 @click.option("--roi", multiple=True, metavar="x,y,w,h", help="Region of interest; repeat for several.")
 @click.option("--grid", metavar="RxC", default=None, help="Split each frame into R x C tiles.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Most regions per engine call.")
@@ -158,7 +163,9 @@ def run(
             streamer.stop()
 
     try:
-        rec = Recognizer.open(bundle or ensure_default_bundle(), backend, precision, threads=threads)
+        rec = Recognizer.open(
+            bundle or ensure_default_bundle(), backend, precision, threads=threads, exact_reuse=prefix_reuse
+        )
         jsonl_sink = JsonlSink(jsonl) if jsonl else None
         sinks += [jsonl_sink] if jsonl_sink else []
         if save:

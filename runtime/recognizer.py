@@ -42,8 +42,14 @@ LN2 = math.log(2.0)
 
 
 def default_bundle_dir() -> Path:
-    """Where the default bundle lives: ``$PIXLM_HOME/default`` (default ``~/.cache/pixlm``)."""
-    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / "default"
+    """Where the shipped model's bundle lives: ``$PIXLM_HOME/default-<version>``.
+
+    ``PIXLM_HOME`` defaults to ``~/.cache/pixlm``; the version in the name means a new release
+    (with a new shipped model) never picks up an old bundle.
+    """
+    from pixlm import __version__
+
+    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / f"default-{__version__}"
 
 
 class BackendUnavailable(RuntimeError):
@@ -108,11 +114,14 @@ class Recognizer:
         threads: int | None = None,
         top_k: int = 3,
         trt_cache_dir: str | os.PathLike | None = None,
+        exact_reuse: bool = False,
     ) -> Recognizer:
         """Load and verify a bundle and start an engine on ``backend``.
 
         ``precision``: a file key of the bundle ("fp32", "int8", "int8-dynamic", ...); default: the
-        exporter's recommendation for the backend.
+        exporter's recommendation for the backend, except that ``exact_reuse`` (for KV prefix
+        reuse) avoids the dynamic-INT8 file, whose per-call activation scales make a partial
+        recompute differ slightly from a full one, in favour of fp32.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -137,6 +146,8 @@ class Recognizer:
                 bundle, TrtEngine(bundle.path(key), meta if meta.exists() else None), backend, key, top_k
             )
         key = precision or bundle.recommended("cpu")
+        if precision is None and exact_reuse and "dynamic" in key and "fp32" in bundle.files:
+            key = "fp32"
         if backend == "ort-trt" and precision is None and "int8" in bundle.files:
             key = "int8"  # the QDQ model: TensorRT's explicit INT8
         providers = _providers(backend, trt_cache_dir or (bundle.root / "trt-cache"))
@@ -199,46 +210,43 @@ class Recognizer:
             0 if m is None else int(np.argmax(m.tokens != t)) if (m.tokens != t).any() else n
             for m, t in zip(memory, tokens, strict=True)
         ]
-        groups: dict[int, list[int]] = {}
-        for i, j in enumerate(first_change):
-            groups.setdefault(j, []).append(i)
-        for j, rows in groups.items():
-            if j == n:  # nothing changed: the previous answer stands
-                continue
-            if j == 0:  # new region or first token changed: one batched prefill
-                ids = np.concatenate(
-                    [np.full((len(rows), 1), self.tokenizer.bos, np.int64), tokens[rows]], axis=1
+        fresh = [i for i, j in enumerate(first_change) if j == 0]
+        partial = [i for i, j in enumerate(first_change) if 0 < j < n]
+        if fresh:  # new regions, or the first token changed: one batched prefill
+            bos = np.full((len(fresh), 1), self.tokenizer.bos, np.int64)
+            logits, present = self.engine.prefill(np.concatenate([bos, tokens[fresh]], axis=1))
+            for r, i in enumerate(fresh):
+                memory[i] = _Prefix(
+                    tokens[i].copy(),
+                    [(k[r : r + 1], v[r : r + 1]) for k, v in present],
+                    _log_softmax(logits[r, :-1, : self.n_codes]),
+                    logits[r, -1, self.n_codes + 1 :],
                 )
-                logits, present = self.engine.prefill(ids)
-                for r, i in enumerate(rows):
-                    memory[i] = _Prefix(
-                        tokens[i].copy(),
-                        [(k[r : r + 1], v[r : r + 1]) for k, v in present],
-                        _log_softmax(logits[r, :-1, : self.n_codes]),
-                        logits[r, -1, self.n_codes + 1 :],
-                    )
-                continue
-            # Rows with the same j share the cached prefix length: batch them. The cache holds
-            # BOS + tokens[:j]; feed tokens[j:], whose outputs predict tokens j+1.. and the label.
+        if partial:
+            # One call for all the others, from their smallest first change j: recomputing a few
+            # unchanged tokens gives the same values and keeps the batch whole. The cache holds
+            # BOS + tokens[:j]; tokens[j:] go in, their outputs predict tokens j+1.. and the label.
+            j = min(first_change[i] for i in partial)
             past = [
                 (
-                    np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in rows]),
-                    np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in rows]),
+                    np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in partial]),
+                    np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in partial]),
                 )
-                for layer in range(len(memory[rows[0]].past))
+                for layer in range(len(memory[partial[0]].past))
             ]
-            logits, present = self.engine.run(tokens[rows, j:], past)
-            for r, i in enumerate(rows):
+            logits, present = self.engine.run(tokens[partial, j:], past)
+            for r, i in enumerate(partial):
                 m = memory[i]
                 m.tokens = tokens[i].copy()
                 m.past = [(k[r : r + 1], v[r : r + 1]) for k, v in present]
                 m.logp = np.concatenate([m.logp[: j + 1], _log_softmax(logits[r, :-1, : self.n_codes])])
                 m.label_logits = logits[r, -1, self.n_codes + 1 :]
+                first_change[i] = j
         label_logits = np.stack([m.label_logits for m in memory])
         logp = np.stack([m.logp for m in memory])
         results = self._results(tokens, label_logits, logp, nll_map)
         for r, j in zip(results, first_change, strict=True):
-            r.reused_tokens = j + 1 if j < n else n + 1  # BOS counts: it is cached too
+            r.reused_tokens = 0 if j == 0 else j + 1  # BOS + tokens[:j] came from the cache
             self.stats["reuse_hits"] += int(j > 0)
             self.stats["tokens_saved"] += r.reused_tokens
         self._count(tokens)

@@ -15,8 +15,10 @@ cache, and the engine runs only from the first token that changed (exact, see
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -107,7 +109,7 @@ class Metrics:
         self.t0 = time.monotonic()
         self.ms = dict.fromkeys(self.STAGES, 0.0)
         self.frames: dict[str, int] = {}
-        self.latency: list[float] = []
+        self.latency: deque[float] = deque(maxlen=2048)  # bounded: streams run for days
 
     def line(self, sources: Sequence[Source], rec: Recognizer) -> str:
         dt = max(time.monotonic() - self.t0, 1e-9)
@@ -126,6 +128,19 @@ class Metrics:
             f"[metrics] ms/frame {stages} | fps {fps} | dropped {dropped} corrupt {corrupt} | "
             f"latency p50 {lat} ms{hit}"
         )
+
+
+@dataclass
+class _Prepared:
+    """A frame cut into regions and tokenized by the worker thread, waiting for the engine."""
+
+    frame: Frame
+    regions: list[Region]
+    tokens: np.ndarray  # (len(regions), n_tokens)
+    tokenize_ms: float
+
+
+_DONE = object()  # the worker's last item: every source has ended
 
 
 class Streamer:
@@ -175,6 +190,7 @@ class Streamer:
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self.metrics = Metrics()
         self._stop = threading.Event()
+        self._ready: queue.Queue = queue.Queue(maxsize=4 * max_batch)
         self._regions: dict[str, list[Region]] = {}
         self._memory: dict[tuple[str, str], _Prefix | None] = {}
         self._open = dict(
@@ -212,48 +228,87 @@ class Streamer:
     def __iter__(self) -> Iterator[FrameResult]:
         if not self.sources:
             self.__enter__()
-        pending: list[Frame] = []
-        first_at = 0.0
-        done = 0
+        worker = threading.Thread(target=self._prepare_loop, name="pixlm-prepare", daemon=True)
+        worker.start()
+        pending: list[_Prepared] = []
+        first_at, done, finished = 0.0, 0, False
         last_metrics = time.monotonic()
-        while not self._stop.is_set():
-            got = False
-            for i, s in enumerate(self.sources):
-                frame = s.read(timeout=0)
-                if frame is None and s.eos and self._passes[s.name] < self.loop:
-                    self._passes[s.name] += 1  # benchmarks: replay a file
-                    s.close()
-                    self.sources[i] = s = open_source(self.uris[i], **self._open)
-                    frame = s.read(timeout=1.0)
-                if frame is not None:
+        try:
+            while not self._stop.is_set():
+                wait = 0.1 if not pending else max(0.0, first_at + self.max_wait - time.monotonic())
+                t0 = time.perf_counter()
+                try:
+                    item = self._ready.get(timeout=wait)
+                except queue.Empty:
+                    item = None
+                self.metrics.ms["capture_wait"] += 1e3 * (time.perf_counter() - t0)
+                if item is _DONE:
+                    finished = True
+                elif isinstance(item, BaseException):
+                    raise item
+                elif item is not None:
                     if not pending:
                         first_at = time.monotonic()
-                    pending.append(frame)
-                    got = True
-            crops = sum(len(self._regions_of(f)) for f in pending)
-            finished = all(s.eos or s.status == "error" for s in self.sources)
-            left = None if self.max_frames is None else self.max_frames - done
-            full = crops >= self.max_batch or (left is not None and len(pending) >= left)
-            if pending and (full or finished or time.monotonic() - first_at >= self.max_wait):
-                if left is not None:
-                    pending = pending[:left]
-                for result in self._run(pending):
-                    done += 1
-                    yield result
-                pending = []
-                if self.max_frames is not None and done >= self.max_frames:
+                    pending.append(item)
+                left = None if self.max_frames is None else self.max_frames - done
+                crops = sum(len(p.regions) for p in pending)
+                full = crops >= self.max_batch or (left is not None and len(pending) >= left)
+                if pending and (full or finished or time.monotonic() - first_at >= self.max_wait):
+                    for result in self._run(pending[:left]):
+                        done += 1
+                        yield result
+                    pending = []
+                    if left is not None and done >= self.max_frames:
+                        break
+                if finished and not pending:
                     break
-            elif finished and not pending:
-                break
-            elif not got:  # nothing new from any source: wait a little
-                time.sleep(0.001)
-                self.metrics.ms["capture_wait"] += 1.0
-            if self.on_metrics and time.monotonic() - last_metrics >= self.metrics_every:
-                self.on_metrics(self.metrics.line(self.sources, self.rec))
-                self.metrics.reset()
-                last_metrics = time.monotonic()
+                if self.on_metrics and time.monotonic() - last_metrics >= self.metrics_every:
+                    self.on_metrics(self.metrics.line(self.sources, self.rec))
+                    self.metrics.reset()
+                    last_metrics = time.monotonic()
+        finally:
+            self._stop.set()
+            worker.join(timeout=5)
         if self.on_metrics and sum(self.metrics.frames.values()):
             self.on_metrics(self.metrics.line(self.sources, self.rec))
+
+    def _prepare_loop(self) -> None:
+        """Worker thread: poll the sources, crop and tokenize each new frame, queue it.
+
+        Runs beside the engine calls of the main thread (OpenCV and numpy release the GIL), so
+        decoding and tokenizing overlap inference. A full queue blocks it: back-pressure.
+        """
+        try:
+            while not self._stop.is_set():
+                got = False
+                for i, s in enumerate(self.sources):
+                    frame = s.read(timeout=0)
+                    if frame is None and s.eos and self._passes[s.name] < self.loop:
+                        self._passes[s.name] += 1  # benchmarks: replay a file
+                        s.close()
+                        self.sources[i] = s = open_source(self.uris[i], **self._open)
+                        frame = s.read(timeout=1.0)
+                    if frame is None:
+                        continue
+                    got = True
+                    t0 = time.perf_counter()
+                    regions = self._regions_of(frame)
+                    tokens = self.rec.tokenizer.encode_batch([r.crop(frame.image) for r in regions])
+                    item = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
+                    while not self._stop.is_set():
+                        try:
+                            self._ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                if not got:
+                    if all(s.eos or s.status == "error" for s in self.sources):
+                        break
+                    time.sleep(0.001)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._ready.put(e)
+            return
+        self._ready.put(_DONE)
 
     def _regions_of(self, frame: Frame) -> list[Region]:
         regions = self._regions.get(frame.source)
@@ -272,15 +327,10 @@ class Streamer:
             self._regions[frame.source] = regions
         return regions
 
-    def _run(self, frames: list[Frame]) -> list[FrameResult]:
+    def _run(self, batch: list[_Prepared]) -> list[FrameResult]:
         rec = self.rec
-        t0 = time.perf_counter()
-        keys, crops = [], []
-        for f in frames:
-            for r in self._regions_of(f):
-                keys.append((f.source, r.name))
-                crops.append(r.crop(f.image))
-        tokens = rec.tokenizer.encode_batch(crops)
+        keys = [(p.frame.source, r.name) for p in batch for r in p.regions]
+        tokens = np.concatenate([p.tokens for p in batch])
         t1 = time.perf_counter()
         if self.prefix_reuse:
             # A region seen twice in one batch (several frames of one file) must reuse its own
@@ -305,17 +355,18 @@ class Streamer:
         t2 = time.perf_counter()
         out, k = [], 0
         now = time.time()
-        for f in frames:
-            regions = self._regions_of(f)
+        for p in batch:
             rr = []
-            for r in regions:
+            for r in p.regions:
                 res = results[k]
                 k += 1
                 rr.append(RegionResult(r, res, self.threshold is not None and res.anomaly > self.threshold))
+            f = p.frame
             out.append(FrameResult(f.source, f.index, f.timestamp, f.image, rr, 1e3 * (now - f.timestamp)))
         t3 = time.perf_counter()
-        n = len(frames)
-        timings = {"tokenize": 1e3 * (t1 - t0) / n, "infer": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}
+        n = len(batch)
+        tok_ms = sum(p.tokenize_ms for p in batch) / n
+        timings = {"tokenize": tok_ms, "infer": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}
         m = self.metrics
         for fr in out:
             fr.timings = timings

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+
 from pixlm.model import PixLM, PixLMConfig
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
 from pixlm.data import Dataset
 from pixlm.model import PixLM
 from pixlm.runtime.tokenizer import Tokenizer

@@ -8,6 +8,7 @@ integer nearest-entry search is exact and identical on every machine.
 from __future__ import annotations
 
 import numpy as np
+
 from pixlm.runtime.tokenizer import cells_of
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from pixlm import checkpoint
 from pixlm.data import Dataset, load_source, shift_batch
 from pixlm.evaluate import evaluate

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-
 from cameras import RTSP_SERVER, SYSTEM_PYTHON, free_port, has_rtsp_server
+
 from conftest import VTEST
 
 NO_TORCH = (
