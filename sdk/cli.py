@@ -181,9 +181,11 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
 
 def _add_runtime_commands() -> None:
     # `pixlm run` lives in the runtime layer (no torch); the group only lists it.
+    from pixlm.runtime.bench import bench
     from pixlm.runtime.cli import run
 
     main.add_command(run)
+    main.add_command(bench)
 
 
 _add_runtime_commands()
