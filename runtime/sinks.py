@@ -109,7 +109,8 @@ class WindowSink:
     """A desktop window (``--show``); needs an OpenCV build with a GUI backend."""
 
     def __init__(self) -> None:
-        if "GUI:" in cv2.getBuildInformation() and "NONE" in cv2.getBuildInformation().split("GUI:")[1][:40]:
+        gui = cv2.getBuildInformation().partition("GUI:")[2].split("\n")[0].strip()
+        if gui in ("", "NONE"):
             raise ValueError("--show needs OpenCV with a GUI (opencv-python, not opencv-python-headless)")
 
     def write(self, fr: FrameResult) -> None:

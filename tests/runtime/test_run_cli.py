@@ -162,6 +162,8 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         (["/nonexistent/clip.mp4"], "no such file"),
         ([str(VTEST), "--roi", "700,500,100,100", "--max-frames", "1"], "outside the 768x576 frame"),
         ([str(VTEST), "--grid", "2by2"], "2x2"),
+        ([str(VTEST), "--show"], "--show needs OpenCV with a GUI"),
+        ([str(VTEST), "--save", "/nonexistent-dir/out.mp4"], "not writable"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_bundle, args, words):
@@ -174,3 +176,29 @@ def test_missing_bundle_is_one_clear_line(tmp_path):
     p = pixlm_run(str(VTEST), "--bundle", str(tmp_path / "none"))
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 1 and "no such bundle folder" in stderr and "Traceback" not in stderr
+
+
+def test_bench_prints_its_tables(tiny_bundle):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH,
+            "bench",
+            "--bundle",
+            str(tiny_bundle),
+            "--frames",
+            "1200",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    for words in ("engine only", "end to end", "prefix reuse hit rate", "growth from frame 1,000 to 1,200"):
+        assert words in p.stdout
+    assert (
+        "max abs difference reuse vs full recompute (score, bits) | 0.0e+00" in p.stdout or "e-0" in p.stdout
+    )
