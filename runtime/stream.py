@@ -293,7 +293,10 @@ class Streamer:
                     got = True
                     t0 = time.perf_counter()
                     regions = self._regions_of(frame)
-                    tokens = self.rec.tokenizer.encode_batch([r.crop(frame.image) for r in regions])
+                    try:
+                        tokens = self.rec.tokenizer.encode_batch([r.crop(frame.image) for r in regions])
+                    except ValueError as e:  # e.g. a grey frame for a colour model
+                        raise ValueError(f"{frame.source}: frame {frame.index}: {e}") from None
                     item = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
                     while not self._stop.is_set():
                         try:

@@ -31,6 +31,8 @@ def main() -> None:
       pixlm eval --dataset fashion-mnist --split test      # the shipped model
       pixlm train --epochs 1 --max-images 5000 -o runs/small.pt
       pixlm train --data clip.avi --label-weight 0 -o runs/scene.pt   # self-supervised
+      pixlm run clip.mp4 rtsp://cam/1 --grid 2x2 --jsonl out.jsonl     # stream (no torch needed)
+      pixlm-export runs/small.pt -o build/small                        # ONNX + INT8 bundle
     """
 
 
@@ -177,6 +179,20 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
     if json_path:
         _write_atomic(Path(json_path), json.dumps(metrics, indent=2))
         click.echo(f"wrote {json_path}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+def slim(checkpoint, output) -> None:
+    """Copy CHECKPOINT to OUTPUT without its optimizer state (for shipping; --resume needs it)."""
+    from pixlm import checkpoint as ckpt
+
+    try:
+        out = ckpt.slim(checkpoint, output)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 def _add_runtime_commands() -> None:

@@ -126,3 +126,14 @@ def test_fashion_mnist_loader_reads_real_idx():
     d = load_fashion_mnist(split="test")
     assert d.images.shape == (10000, 28, 28) and d.images.dtype == np.uint8
     assert sorted(np.unique(d.labels)) == list(range(10))
+
+
+def test_slim_drops_training_state(tiny_checkpoint, tmp_path):
+    out = tmp_path / "slim.pt"
+    run_cli("pixlm", "slim", str(tiny_checkpoint), str(out))
+    state = torch.load(out, weights_only=True)
+    assert "optimizer" not in state and out.stat().st_size < tiny_checkpoint.stat().st_size
+    model, _, _ = checkpoint.load(out)
+    full, _, _ = checkpoint.load(tiny_checkpoint)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k])
