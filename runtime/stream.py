@@ -297,21 +297,24 @@ class Streamer:
                         tokens = self.rec.tokenizer.encode_batch([r.crop(frame.image) for r in regions])
                     except ValueError as e:  # e.g. a grey frame for a colour model
                         raise ValueError(f"{frame.source}: frame {frame.index}: {e}") from None
-                    item = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
-                    while not self._stop.is_set():
-                        try:
-                            self._ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
+                    self._hand_over(_Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0)))
                 if not got:
                     if all(s.eos or s.status == "error" for s in self.sources):
                         break
                     time.sleep(0.001)
         except BaseException as e:  # handed to the consumer, which raises it
-            self._ready.put(e)
+            self._hand_over(e)
             return
-        self._ready.put(_DONE)
+        self._hand_over(_DONE)
+
+    def _hand_over(self, item: object) -> None:
+        """Queue ``item`` for the consumer; give up once the stream is stopped (it reads no more)."""
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
 
     def _regions_of(self, frame: Frame) -> list[Region]:
         regions = self._regions.get(frame.source)
