@@ -294,7 +294,8 @@ class Streamer:
                     t0 = time.perf_counter()
                     regions = self._regions_of(frame)
                     try:
-                        tokens = self.rec.tokenizer.encode_batch([r.crop(frame.image) for r in regions])
+                        image = self.rec.tokenizer.match_channels(frame.image)  # once, not per region
+                        tokens = self.rec.tokenizer.encode_batch([r.crop(image) for r in regions])
                     except ValueError as e:  # e.g. a grey frame for a colour model
                         raise ValueError(f"{frame.source}: frame {frame.index}: {e}") from None
                     self._hand_over(_Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0)))
