@@ -152,6 +152,9 @@ def run(
 
     if roi and grid:
         raise click.UsageError("give --roi or --grid, not both")
+    import cv2
+
+    cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
     sinks: list = []
     streamer = None
     stopped_by = None
