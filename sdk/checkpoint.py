@@ -39,6 +39,11 @@ def save(path: str | os.PathLike, model: PixLM, tokenizer: Tokenizer, **extra) -
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
+    _save_atomic(state, path)
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, renamed over ``path`` on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -84,13 +89,5 @@ def slim(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     state = load_state(src)
     state.pop("optimizer", None)
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _save_atomic(state, dst)
     return dst
