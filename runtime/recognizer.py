@@ -206,10 +206,7 @@ class Recognizer:
         cached KV of an unchanged prefix is what a full recompute would produce.
         """
         n = tokens.shape[1]
-        first_change = [
-            0 if m is None else int(np.argmax(m.tokens != t)) if (m.tokens != t).any() else n
-            for m, t in zip(memory, tokens, strict=True)
-        ]
+        first_change = [_first_change(m, t, n) for m, t in zip(memory, tokens, strict=True)]
         fresh = [i for i, j in enumerate(first_change) if j == 0]
         partial = [i for i, j in enumerate(first_change) if 0 < j < n]
         if fresh:  # new regions, or the first token changed: one batched prefill
@@ -310,6 +307,14 @@ class Recognizer:
                 )
             )
         return out
+
+
+def _first_change(memory: _Prefix | None, tokens: np.ndarray, n: int) -> int:
+    """Index of the first token that differs from the region's previous frame (n: none; 0: no memory)."""
+    if memory is None:
+        return 0
+    changed = np.flatnonzero(memory.tokens != tokens)
+    return int(changed[0]) if len(changed) else n
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
