@@ -70,6 +70,13 @@ def main() -> None:
 @click.option("--shift", type=int, default=0, show_default=True, help="Random shift augmentation, pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: bfloat16 autocast, about 1.6x faster on CPUs with AVX512-BF16; weights stay fp32.",
+)
 @click.option("--max-minutes", type=float, default=None, help="Stop and save after this long (resume later).")
 @click.option("--size", default="28x28", show_default=True, help="Image size HxW the tokenizer resizes to.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)

@@ -51,7 +51,6 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
         B, T, C = x.shape
@@ -63,8 +62,9 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        # No dropout on the attention weights: on CPU it made a training step 1.7x slower (it takes
+        # SDPA off its fused path); dropout stays on the embeddings and the residual branches.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), (k, v)
 
@@ -177,6 +177,7 @@ class PixLM(nn.Module):
         ``labels`` -1 marks an unlabeled image (self-supervised: pixel loss only).
         """
         logits, _ = self(self.with_bos(tokens))
+        logits = logits.float()  # the losses in fp32 even under bf16 autocast
         N = tokens.shape[1]
         pix = F.cross_entropy(self.code_logits(logits[:, :N]).flatten(0, 1), tokens.flatten())
         lab_logits = self.label_logits(logits[:, N])
