@@ -75,7 +75,7 @@ def main() -> None:
     type=click.Choice(["fp32", "bf16"]),
     default="fp32",
     show_default=True,
-    help="bf16: bfloat16 autocast, about 1.6x faster on CPUs with AVX512-BF16; weights stay fp32.",
+    help="bf16: bfloat16 autocast, about 1.5x faster on CPUs with AVX512-BF16; weights stay fp32.",
 )
 @click.option("--max-minutes", type=float, default=None, help="Stop and save after this long (resume later).")
 @click.option("--size", default="28x28", show_default=True, help="Image size HxW the tokenizer resizes to.")

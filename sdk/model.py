@@ -63,7 +63,7 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
         # No dropout on the attention weights: on CPU it made a training step 1.5x slower (it takes
-        # SDPA off its fused path); dropout stays on the embeddings and the residual branches.
+        # SDPA off its fused path); dropout stays on the embeddings and the MLP branch.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), (k, v)

@@ -47,7 +47,7 @@ class TrainConfig:
     shift: int = 0  # random translation augmentation, pixels
     seed: int = 0
     threads: int | None = None  # torch CPU threads (default: torch's choice)
-    precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (~1.6x on AVX512-BF16)
+    precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (~1.5x on AVX512-BF16)
     save_every: int = 200  # steps
     max_minutes: float | None = None  # stop (and save) after this long; resume later
     # tokenizer, used when not starting from `init`
