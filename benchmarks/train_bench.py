@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/train_bench.py [--threads 2] [--steps 12]
 
-One training step = forward, both losses, backward, gradient clipping and an AdamW update on a
-batch of 64 real Fashion-MNIST images tokenized by the shipped tokenizer (196 tokens). Prints
-median images/s per precision and the ratio; what `pixlm train --precision bf16` buys here.
+One training step (`pixlm.train.train_step`, exactly what `pixlm train` runs) = forward, both
+losses, backward, gradient clipping and an AdamW update on a batch of 64 real Fashion-MNIST images
+tokenized by the shipped tokenizer (196 tokens). Prints median images/s per precision and the
+ratio; what `pixlm train --precision bf16` buys here.
 """
 
 from __future__ import annotations
@@ -18,20 +19,17 @@ import torch
 from pixlm import checkpoint
 from pixlm.data import load_fashion_mnist
 from pixlm.model import PixLM
+from pixlm.train import Objective, train_step
 
 
 def images_per_s(model: PixLM, tokens: torch.Tensor, labels: torch.Tensor, bf16: bool, steps: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    objective = Objective(model)
     model.train()
     times = []
     for i in range(steps + 2):  # two warm-up steps
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pix, lab, _ = model.losses(tokens, labels)
-        opt.zero_grad(set_to_none=True)
-        (pix + lab).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(objective, opt, tokens, labels, precision="bf16" if bf16 else "fp32")
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return len(tokens) / float(np.median(times))

@@ -25,11 +25,13 @@ forward pass. Backends all sit behind the ``Engine`` interface (``pixlm.runtime.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +44,19 @@ LN2 = math.log(2.0)
 
 
 def default_bundle_dir() -> Path:
-    """Where the shipped model's bundle lives: ``$PIXLM_HOME/default-<version>``.
+    """Where the shipped model's bundle lives: ``$PIXLM_HOME/default-<version>-<model hash>``.
 
-    ``PIXLM_HOME`` defaults to ``~/.cache/pixlm``; the version in the name means a new release
-    (with a new shipped model) never picks up an old bundle.
+    ``PIXLM_HOME`` defaults to ``~/.cache/pixlm``. The version and the first 8 hex digits of the
+    shipped model file's SHA-256 in the name mean a new shipped model never picks up the bundle of
+    an old one, even between releases (hashing the 4 MB file takes a few milliseconds).
     """
     from pixlm import __version__
 
-    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / f"default-{__version__}"
+    name = f"default-{__version__}"
+    model = resources.files("pixlm") / "models" / "fashion-mnist.pt"
+    if model.is_file():  # a runtime-only deployment may have left the checkpoint out
+        name += "-" + hashlib.sha256(model.read_bytes()).hexdigest()[:8]
+    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / name
 
 
 class BackendUnavailable(RuntimeError):

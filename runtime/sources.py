@@ -45,6 +45,17 @@ FILE_QUEUE_SIZE = 8  # frames a file source decodes ahead of the consumer
 STATUSES = ("opening", "ok", "timeout", "reconnecting", "eos", "error", "closed")
 
 
+def put_unless_stopped(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Back-pressure between threads: wait for room in ``q``, but give up once ``stop`` is set
+    (the reader has gone away), so a producer never blocks a shutdown."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
 class SourceError(ValueError):
     """A source that cannot be opened: unknown URI scheme, missing or unreadable file, no backend."""
 
@@ -400,13 +411,7 @@ class FileSource(Source):
             pass
 
     def _put(self, item: object) -> None:
-        """Back-pressure: wait for room in the queue, but stay closable."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put_unless_stopped(self._queue, item, self._stop)
 
     def _run(self) -> None:
         self._set_status("ok", "reading")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
-from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source
+from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, put_unless_stopped
 
 
 @dataclass(frozen=True)
@@ -310,12 +310,7 @@ class Streamer:
 
     def _hand_over(self, item: object) -> None:
         """Queue ``item`` for the consumer; give up once the stream is stopped (it reads no more)."""
-        while not self._stop.is_set():
-            try:
-                self._ready.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                pass
+        put_unless_stopped(self._ready, item, self._stop)
 
     def _regions_of(self, frame: Frame) -> list[Region]:
         regions = self._regions.get(frame.source)

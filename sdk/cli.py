@@ -78,6 +78,11 @@ def main() -> None:
     help="bf16: bfloat16 autocast, about 1.5x faster on CPUs with AVX512-BF16; weights stay fp32.",
 )
 @click.option("--max-minutes", type=float, default=None, help="Stop and save after this long (resume later).")
+@click.option(
+    "--keep-epochs",
+    is_flag=True,
+    help="Also keep each epoch's weights as OUTPUT-stem.eNN.pt, e.g. for `pixlm average`.",
+)
 @click.option("--size", default="28x28", show_default=True, help="Image size HxW the tokenizer resizes to.")
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option(
@@ -200,6 +205,27 @@ def slim(checkpoint, output) -> None:
     except ValueError as e:
         _fail(str(e))
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Averaged checkpoint.")
+def average(checkpoints, output) -> None:
+    """Average the weights of CHECKPOINTS (two or more epochs of one run) into OUTPUT.
+
+    \b
+    Example: keep each epoch, then average the last five:
+      pixlm train --keep-epochs --epochs 10 ... -o runs/m.pt
+      pixlm average runs/m.e0[6-9].pt runs/m.e10.pt -o runs/m.avg.pt
+      pixlm eval runs/m.avg.pt
+    """
+    from pixlm import checkpoint as ckpt
+
+    try:
+        out = ckpt.average(list(checkpoints), output)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(f"wrote {out}: mean of {len(checkpoints)} checkpoints ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 def _add_runtime_commands() -> None:

@@ -50,6 +50,7 @@ class TrainConfig:
     precision: str = "fp32"  # "bf16": forward and backward under bfloat16 autocast (~1.5x on AVX512-BF16)
     save_every: int = 200  # steps
     max_minutes: float | None = None  # stop (and save) after this long; resume later
+    keep_epochs: bool = False  # also keep each epoch's weights as <output stem>.eNN.pt (to average)
     # tokenizer, used when not starting from `init`
     height: int = 28
     width: int = 28
@@ -147,7 +148,7 @@ def train(
         )
     eval_data = _eval_data(cfg, tok)
 
-    objective: torch.nn.Module = _Objective(model)
+    objective: torch.nn.Module = Objective(model)
     if world > 1:  # gradients are averaged across ranks during backward()
         objective = torch.nn.parallel.DistributedDataParallel(objective)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -171,10 +172,10 @@ def train(
     history = list(state.get("history", [])) if state else []
     labelled = cfg.label_weight > 0 and bool((data.labels >= 0).any())
 
-    def save() -> None:
+    def save(path: str | Path = cfg.output) -> None:
         if rank == 0:
             checkpoint.save(
-                cfg.output,
+                path,
                 model,
                 tok,
                 step=step,
@@ -197,13 +198,7 @@ def train(
         labels = torch.from_numpy(data.labels[idx]) if labelled else None
         for g in opt.param_groups:
             g["lr"] = _lr(step, total, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            pix, lab, lab_logits = objective(tokens, labels)
-        loss = pix + (cfg.label_weight * lab if lab is not None else 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss, pix, lab_logits = train_step(objective, opt, tokens, labels, cfg.label_weight, cfg.precision)
         step += 1
         acc = float((lab_logits.argmax(1) == labels).float().mean()) if labels is not None else None
         loss_v = loss.item()
@@ -234,6 +229,8 @@ def train(
             model.train()
         if end_of_epoch or step % cfg.save_every == 0 or out_of_time:
             save()
+        if rank == 0 and end_of_epoch and cfg.keep_epochs and step % per_epoch == 0:
+            checkpoint.slim(cfg.output, epoch_path(cfg.output, step // per_epoch))
         if out_of_time:
             log(f"stopped after {cfg.max_minutes} min at step {step}/{total}; resume with --resume")
             break
@@ -242,7 +239,12 @@ def train(
     return TrainResult(model, tok, metrics, step)
 
 
-class _Objective(torch.nn.Module):
+def epoch_path(output: str | Path, epoch: int) -> Path:
+    """Where ``keep_epochs`` puts epoch ``epoch``'s weights: runs/x.pt -> runs/x.e07.pt."""
+    return Path(output).with_suffix(f".e{epoch:02d}.pt")
+
+
+class Objective(torch.nn.Module):
     """The losses as a module's forward(), which is what DistributedDataParallel wraps."""
 
     def __init__(self, model: PixLM):
@@ -251,6 +253,28 @@ class _Objective(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None):
         return self.model.losses(tokens, labels)
+
+
+def train_step(
+    objective: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    tokens: torch.Tensor,
+    labels: torch.Tensor | None,
+    label_weight: float = 1.0,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One update: losses (under bfloat16 autocast if asked), backward, clip to norm 1, AdamW step.
+
+    Returns (total loss, pixel loss, label logits). ``benchmarks/train_bench.py`` times this.
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        pix, lab, lab_logits = objective(tokens, labels)
+    loss = pix + (label_weight * lab if lab is not None else 0.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
+    opt.step()
+    return loss, pix, lab_logits
 
 
 def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:

@@ -118,3 +118,17 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / mf.MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="unreadable manifest"):
         Bundle.load(tmp_path)
+
+
+def test_default_bundle_dir_names_version_and_model_hash(monkeypatch, tmp_path):
+    """A new shipped model gets a new cache folder, so it never runs an old model's bundle."""
+    import hashlib
+    from importlib import resources
+
+    from pixlm import __version__
+    from pixlm.runtime.recognizer import default_bundle_dir
+
+    monkeypatch.setenv("PIXLM_HOME", str(tmp_path))
+    model = resources.files("pixlm") / "models" / "fashion-mnist.pt"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()[:8]
+    assert default_bundle_dir() == tmp_path / f"default-{__version__}-{digest}"

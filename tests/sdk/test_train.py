@@ -150,3 +150,43 @@ def test_slim_drops_training_state(tiny_checkpoint, tmp_path):
     full, _, _ = checkpoint.load(tiny_checkpoint)
     for k, v in full.state_dict().items():
         assert torch.equal(v, model.state_dict()[k])
+
+
+def test_keep_epochs_then_average(tmp_path):
+    """--keep-epochs leaves one slim file per epoch; `pixlm average` writes their mean weights."""
+    a = TrainConfig(
+        output=str(tmp_path / "a.pt"), max_images=640, epochs=2, batch_size=32, keep_epochs=True, **TINY
+    )
+    final = train(a, log=lambda s: None)
+    e1, e2 = tmp_path / "a.e01.pt", tmp_path / "a.e02.pt"
+    assert sorted(p.name for p in tmp_path.glob("a.e*.pt")) == [e1.name, e2.name]
+    assert "optimizer" not in torch.load(e1, weights_only=True)
+    w1, w2 = checkpoint.load(e1)[0].state_dict(), checkpoint.load(e2)[0].state_dict()
+    assert all(torch.equal(w2[k], v) for k, v in final.model.state_dict().items())  # last epoch = final
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)  # epoch 1 is a different point
+
+    out = tmp_path / "avg.pt"
+    p = run_cli("pixlm", "average", str(e1), str(e2), "-o", str(out))
+    assert "mean of 2 checkpoints" in p.stdout
+    avg, _, state = checkpoint.load(out)
+    assert state["averaged_from"] == [e1.name, e2.name] and "optimizer" not in state
+    for k, v in avg.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (w1[k] + w2[k]) / 2, atol=1e-6), k
+    run_cli("pixlm", "eval", str(out), "--max-images", "200", "--json", str(tmp_path / "m.json"))
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 200  # a usable model
+
+
+def test_average_refuses_different_models(tiny_checkpoint, tmp_path):
+    other = tmp_path / "other.pt"
+    train(
+        TrainConfig(output=str(other), max_images=64, epochs=1, batch_size=32, **{**TINY, "codes": 16}),
+        log=lambda s: None,
+    )
+    p = run_cli(
+        "pixlm", "average", str(tiny_checkpoint), str(other), "-o", str(tmp_path / "x.pt"), check=False
+    )
+    assert p.returncode != 0 and "differs" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
+    p = run_cli("pixlm", "average", str(tiny_checkpoint), "-o", str(tmp_path / "x.pt"), check=False)
+    assert p.returncode != 0 and "at least two" in p.stderr
