@@ -120,4 +120,3 @@ def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
     dst = Path(dst)
     _save_atomic(out, dst)
     return dst
-
