@@ -108,7 +108,7 @@ def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
     for p, st in zip(srcs[1:], states[1:], strict=True):
         for key in ("config", "tokenizer", "labels"):
             if st[key] != first[key]:
-                raise ValueError(f"{p}: {key} differs from {srcs[0]}'s; only one model's checkpoints average")
+                raise ValueError(f"{p}: {key} differs from {srcs[0]}'s; average epochs of one model")
     weights = {}
     for k, v in first["model"].items():
         if v.is_floating_point():

@@ -172,10 +172,10 @@ def train(
     history = list(state.get("history", [])) if state else []
     labelled = cfg.label_weight > 0 and bool((data.labels >= 0).any())
 
-    def save(path: str | Path = cfg.output) -> None:
+    def save() -> None:
         if rank == 0:
             checkpoint.save(
-                path,
+                cfg.output,
                 model,
                 tok,
                 step=step,
