@@ -25,7 +25,6 @@ forward pass. Backends all sit behind the ``Engine`` interface (``pixlm.runtime.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.bundle import Bundle, BundleError, sha256_of
 from pixlm.runtime.engine import KV, Engine, OrtEngine
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
@@ -53,9 +52,9 @@ def default_bundle_dir() -> Path:
     from pixlm import __version__
 
     name = f"default-{__version__}"
-    model = resources.files("pixlm") / "models" / "fashion-mnist.pt"
+    model = Path(str(resources.files("pixlm") / "models" / "fashion-mnist.pt"))
     if model.is_file():  # a runtime-only deployment may have left the checkpoint out
-        name += "-" + hashlib.sha256(model.read_bytes()).hexdigest()[:8]
+        name += "-" + sha256_of(model)[:8]
     return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / name
 
 

@@ -229,7 +229,7 @@ def train(
             model.train()
         if end_of_epoch or step % cfg.save_every == 0 or out_of_time:
             save()
-        if rank == 0 and end_of_epoch and cfg.keep_epochs and step % per_epoch == 0:
+        if rank == 0 and cfg.keep_epochs and step % per_epoch == 0:  # whole epochs only
             checkpoint.slim(cfg.output, epoch_path(cfg.output, step // per_epoch))
         if out_of_time:
             log(f"stopped after {cfg.max_minutes} min at step {step}/{total}; resume with --resume")
