@@ -66,6 +66,15 @@ def _terminate(signum, frame) -> None:
     help="Fail when INT8 accuracy is more than this many points below FP32.",
 )
 @click.option(
+    "--ood-accept",
+    type=click.FloatRange(0.5, 0.999),
+    default=0.95,
+    show_default=True,
+    help="Open-set gate: the share of held-out images the runtime must call known; inputs less "
+    "typical than that are labelled 'unknown' (pixlm run --no-unknown turns it off).",
+)
+@click.option("--no-ood", is_flag=True, help="Store no open-set gate: every input gets a label.")
+@click.option(
     "--max-batch", type=int, default=16, show_default=True, help="Largest batch of the TensorRT profiles."
 )
 @click.option("--workspace-mb", type=int, default=1024, show_default=True, help="TensorRT builder workspace.")
@@ -86,7 +95,7 @@ def _terminate(signum, frame) -> None:
     help="Time per speed measurement (0 = skip the speed columns).",
 )
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
-def main(checkpoint, out_dir, eval_images, **o) -> None:
+def main(checkpoint, out_dir, eval_images, no_ood, **o) -> None:
     """Export CHECKPOINT (default: the shipped Fashion-MNIST model) to a deployable bundle.
 
     \b
@@ -105,8 +114,9 @@ def main(checkpoint, out_dir, eval_images, **o) -> None:
         out_dir=Path(out_dir),
         checkpoint=Path(checkpoint) if checkpoint else None,
         eval_images=eval_images or None,
+        ood_accept=None if no_ood else o.pop("ood_accept"),
         timing_cache=Path(o.pop("timing_cache")) if o.get("timing_cache") else None,
-        **{k: v for k, v in o.items() if k != "timing_cache"},
+        **{k: v for k, v in o.items() if k not in ("timing_cache", "ood_accept")},
     )
     from pixlm.export.tensorrt import EngineBuildError, TensorRTUnavailable
 

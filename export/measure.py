@@ -9,18 +9,32 @@ import time
 
 import numpy as np
 
+from pixlm.runtime import novelty
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.tokenizer import Tokenizer
 
 
-def label_accuracy(
-    engine: OrtEngine, seqs: np.ndarray, labels: np.ndarray, n_codes: int, batch_size: int = 64
-) -> float:
-    """Fraction of ``seqs`` (B, N+1) whose label argmax after the image equals ``labels``."""
-    preds = []
+def held_out_pass(
+    engine: OrtEngine, seqs: np.ndarray, labels: np.ndarray, tokenizer: Tokenizer, batch_size: int = 64
+) -> tuple[float, np.ndarray]:
+    """One pass over held-out ``seqs`` (B, N+1): label accuracy, and the open-set gate's features
+    (B, 5) of every image, computed as the runtime computes them (``pixlm.runtime.novelty``)."""
+    n_codes, ppt = tokenizer.n_codes, tokenizer.config.patch**2
+    preds, feats = [], []
     for i in range(0, len(seqs), batch_size):
-        logits, _ = engine.prefill(seqs[i : i + batch_size])
-        preds.append(logits[:, -1, n_codes + 1 :].argmax(-1))
-    return float((np.concatenate(preds) == labels).mean())
+        batch = seqs[i : i + batch_size]
+        logits, _ = engine.prefill(batch)
+        z = logits[:, :-1, :n_codes].astype(np.float64)
+        logp = z - z.max(-1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+        bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / np.log(2)
+        lab = logits[:, -1, n_codes + 1 :].astype(np.float64)
+        probs = np.exp(lab - lab.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
+        feats.append(novelty.features(bits, probs, png, ppt))
+        preds.append(probs.argmax(-1))
+    return float((np.concatenate(preds) == labels).mean()), np.concatenate(feats)
 
 
 def _median_seconds(fn, min_runs: int = 5, budget_s: float = 1.0) -> float:

@@ -33,6 +33,7 @@ from pixlm.export.bundle import (
 from pixlm.export.onnx_export import EXPORTER, export_onnx
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.novelty import OODGate
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ExportOptions:
     eval_images: int | None = None  # None: the whole held-out split
     validate_images: int = 64
     max_drop: float = 0.5  # accuracy points INT8 may lose against FP32
+    ood_accept: float | None = 0.95  # open-set gate: share of held-out images called known; None = no gate
     max_batch: int = 16  # TensorRT profiles
     workspace_mb: int = trt_export.DEFAULT_WORKSPACE_MB
     timing_cache: Path | None = None
@@ -106,8 +108,8 @@ def _sequences(tokenizer, images: np.ndarray) -> np.ndarray:
 
 
 def _load_data(opts: ExportOptions, tokenizer, n_labels: int) -> tuple[Dataset, np.ndarray | None]:
-    prep, ch = tokenizer.prepare, tokenizer.config.channels
-    held_out = load_source(opts.data, "test", prep, ch).subset(opts.eval_images)
+    ch = tokenizer.config.channels
+    held_out = load_source(opts.data, "test", tokenizer, ch).subset(opts.eval_images)
     if opts.int8 or opts.dynamic:
         if n_labels == 0 or (held_out.labels < 0).any():
             raise ValueError(
@@ -120,7 +122,7 @@ def _load_data(opts: ExportOptions, tokenizer, n_labels: int) -> tuple[Dataset, 
         raise quantize.CalibrationError(
             f"--calib-images {opts.calib_images}: need at least {quantize.MIN_CALIBRATION_IMAGES}"
         )
-    train = load_source(opts.calib_data or opts.data, "train", prep, ch)
+    train = load_source(opts.calib_data or opts.data, "train", tokenizer, ch)
     if len(train) < opts.calib_images:
         raise quantize.CalibrationError(
             f"{opts.calib_data or opts.data}: {len(train)} training images, --calib-images asks for "
@@ -175,7 +177,15 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
         )
 
     rows: list[Row] = []
-    files, metrics = {}, {}
+    files, metrics, gates = {}, {}, {}
+
+    def fit_gate(key: str, feats) -> str:
+        """Fit file ``key``'s open-set gate on its held-out outputs; a note for the step line."""
+        if opts.ood_accept is None:
+            return ""
+        gates[key] = OODGate.fit(feats, opts.ood_accept).to_dict()
+        return f"; unknown-gate accepts {100 * opts.ood_accept:g}% (threshold {gates[key]['threshold']:.1f})"
+
     with staged(out_dir, opts.force) as stage:
         fp32_path = stage / mf.onnx_filename(mf.FP32)
         with step("onnx fp32"):
@@ -196,8 +206,9 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
         reference = None
         if cfg.n_labels and not (held_out.labels < 0).any():
             with step("accuracy fp32"):
-                reference = measure.label_accuracy(fp32, eval_seqs, held_out.labels, cfg.n_codes)
+                reference, feats = measure.held_out_pass(fp32, eval_seqs, held_out.labels, tok)
                 step.detail = f"{100 * reference:.2f}% on {len(held_out)} held-out images"
+                step.detail += fit_gate(mf.FP32, feats)
             rows[0].accuracy = reference
             metrics[mf.FP32].update({mf.M_ACCURACY: reference, mf.M_EVAL_IMAGES: len(held_out)})
 
@@ -230,11 +241,11 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
             with step(f"accuracy {label}"):
                 engine = OrtEngine(q_path, threads=opts.threads)
                 diff = validate.compare_logits(model, engine, val_seqs)  # names, shapes; Δ reported
-                acc = measure.label_accuracy(engine, eval_seqs, held_out.labels, cfg.n_codes)
+                acc, feats = measure.held_out_pass(engine, eval_seqs, held_out.labels, tok)
                 step.detail = (
                     f"{100 * acc:.2f}% ({100 * (acc - reference):+.2f} points vs fp32, "
                     f"gate -{opts.max_drop:g}), max|Δ logit| {diff:.3f}"
-                )
+                ) + fit_gate(key, feats)
                 validate.check_gate(key, reference, acc, opts.max_drop, len(held_out))
             rows.append(Row(key, q_path, accuracy=acc, max_abs_diff=diff))
             metrics[key] = {mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(held_out), mf.M_MAX_ABS_DIFF: diff}
@@ -309,6 +320,8 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
                 producer_versions(opts.tensorrt),
                 io_extra={"exporter": EXPORTER, "tensorrt_lint": {"source": trt_source.name, **lint}},
             )
+            if gates:
+                manifest[mf.K_OOD] = gates
             write_manifest(stage, manifest)
             total = sum(p.stat().st_size for p in stage.iterdir()) / 1e6
             step.detail = f"{out_dir} ({len(files)} models, {total:.2f} MB)"

@@ -66,7 +66,7 @@ def main(bundle_dir, key, data, images, batch, atol, rtol) -> None:
         from pixlm.data import load_source  # numpy + OpenCV only
 
         tok = bundle.tokenizer
-        test = load_source(data, "test", tok.prepare, tok.config.channels).subset(images)
+        test = load_source(data, "test", tok, tok.config.channels).subset(images)
     except (BundleError, EngineMismatchError, TensorRTUnavailable, ValueError, KeyError) as e:
         raise click.ClickException(str(e)) from e
     source = bundle.root / meta["source_onnx"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixlm.runtime import manifest as mf
+from pixlm.runtime.novelty import OODGate
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 _CHUNK = 1 << 20
@@ -51,11 +52,19 @@ class BundleFile:
 class Bundle:
     """A loaded, verified bundle. Build one with :meth:`load`."""
 
-    def __init__(self, root: Path, manifest: dict, files: dict[str, BundleFile], tokenizer: Tokenizer):
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict,
+        files: dict[str, BundleFile],
+        tokenizer: Tokenizer,
+        gates: dict[str, OODGate] | None = None,
+    ):
         self.root = root
         self.manifest = manifest
         self.files = files
         self.tokenizer = tokenizer
+        self.gates = gates or {}  # open-set gates by ONNX file key
 
     # -- what the runtime reads -----------------------------------------------------------------
     @property
@@ -79,6 +88,13 @@ class Bundle:
     @property
     def metrics(self) -> dict:
         return self.manifest.get(mf.K_METRICS, {})
+
+    def ood_gate(self, key: str) -> OODGate | None:
+        """The "unknown" gate fitted on file ``key``'s outputs (a TensorRT engine uses its source
+        ONNX file's: INT8 engines the QDQ file, FP16/FP32 engines the FP32 file); None if absent."""
+        if key.startswith(mf.TRT_PREFIX):
+            key = mf.INT8 if key == mf.TRT_PREFIX + "int8" else mf.FP32
+        return self.gates.get(key)
 
     def path(self, key: str) -> Path:
         """Path of the file stored under ``key`` ("fp32", "int8", "tensorrt-fp16" ...)."""
@@ -122,7 +138,22 @@ class Bundle:
         files = {}
         for key, entry in manifest[mf.K_FILES].items():
             files[key] = _check_file(root, man_path, key, entry, verify)
-        return cls(root, manifest, files, tokenizer)
+        return cls(root, manifest, files, tokenizer, _gates(man_path, manifest))
+
+
+def _gates(man_path: Path, manifest: dict) -> dict[str, OODGate]:
+    entries = manifest.get(mf.K_OOD, {})
+    if not isinstance(entries, dict):
+        raise BundleError(f"{man_path}: {mf.K_OOD!r} is not an object")
+    gates = {}
+    for key, entry in entries.items():
+        if key not in manifest[mf.K_FILES]:
+            raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: no such file in 'files'")
+        try:
+            gates[key] = OODGate.from_dict(entry)
+        except ValueError as e:
+            raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: {e}") from None
+    return gates
 
 
 def _tokenizer(man_path: Path, manifest: dict) -> Tokenizer:

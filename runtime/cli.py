@@ -16,13 +16,16 @@ import click
 from pixlm.runtime.recognizer import BACKENDS, default_bundle_dir
 
 
-def _parse_grid(text: str | None) -> tuple[int, int] | None:
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """'2x3' -> (2, 3): rows x columns; click's usage error otherwise."""
     if text is None:
         return None
     try:
         rows, cols = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise click.BadParameter("must look like 2x2 (rows x columns)") from None
+        raise click.BadParameter(f"{text!r} must look like 2x2 (rows x columns)") from None
+    if rows < 1 or cols < 1:
+        raise click.BadParameter(f"{text!r} needs at least one row and one column")
     return rows, cols
 
 
@@ -70,7 +73,13 @@ def ensure_default_bundle() -> Path:
     "(exact), else the bundle's recommendation].",
 )
 @click.option("--roi", multiple=True, metavar="x,y,w,h", help="Region of interest; repeat for several.")
-@click.option("--grid", metavar="RxC", default=None, help="Split each frame into R x C tiles.")
+@click.option(
+    "--grid",
+    metavar="RxC",
+    default=None,
+    callback=lambda ctx, param, value: parse_grid(value),
+    help="Split each frame into R x C tiles.",
+)
 @click.option("--batch", type=int, default=16, show_default=True, help="Most regions per engine call.")
 @click.option(
     "--max-wait-ms", type=float, default=20.0, show_default=True, help="Longest wait to fill a batch."
@@ -94,6 +103,13 @@ def ensure_default_bundle() -> Path:
     default=True,
     show_default=True,
     help="Reuse each region's KV cache up to its first changed token.",
+)
+@click.option(
+    "--unknown/--no-unknown",
+    default=True,
+    show_default=True,
+    help="Label regions unlike the model's training data 'unknown' (the bundle's open-set gate); "
+    "--no-unknown always gives the best label, as a closed-set classifier.",
 )
 @click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
 @click.option(
@@ -126,6 +142,7 @@ def run(
     stride,
     realtime,
     prefix_reuse,
+    unknown,
     threads,
     timeout_s,
     reconnect_attempts,
@@ -167,7 +184,12 @@ def run(
 
     try:
         rec = Recognizer.open(
-            bundle or ensure_default_bundle(), backend, precision, threads=threads, exact_reuse=prefix_reuse
+            bundle or ensure_default_bundle(),
+            backend,
+            precision,
+            threads=threads,
+            exact_reuse=prefix_reuse,
+            unknown=unknown,
         )
         jsonl_sink = JsonlSink(jsonl) if jsonl else None
         sinks += [jsonl_sink] if jsonl_sink else []
@@ -181,7 +203,7 @@ def run(
             rec,
             sources,
             rois=_parse_roi(roi),
-            grid=_parse_grid(grid),
+            grid=grid,
             max_batch=batch,
             max_wait_ms=max_wait_ms,
             prefix_reuse=prefix_reuse,
@@ -231,7 +253,7 @@ def _on_event(e, jsonl_sink) -> None:
 
 def _print_frame(fr) -> None:
     parts = [
-        f"{rr.region.name} {rr.result.label} {rr.result.score:.2f} anomaly {rr.result.anomaly:.3f}"
+        f"{rr.region.name} {rr.result.describe()} anomaly {rr.result.anomaly:.3f}"
         + (" EVENT" if rr.anomalous else "")
         for rr in fr.regions
     ]

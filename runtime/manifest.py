@@ -81,6 +81,7 @@ K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
 KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
 K_RECOMMENDED = "recommended"  # {"cpu": file key, "tensorrt": file key or absent}
+K_OOD = "ood"  # {ONNX file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
 
 # files: one entry per produced file, keyed by what it is
 FP32, INT8, INT8_DYNAMIC = "fp32", "int8", "int8-dynamic"  # ONNX files

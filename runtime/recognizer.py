@@ -37,9 +37,11 @@ import numpy as np
 
 from pixlm.runtime.bundle import Bundle, BundleError, sha256_of
 from pixlm.runtime.engine import KV, Engine, OrtEngine
+from pixlm.runtime.novelty import OODGate, features, png_bits_per_pixel
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
 LN2 = math.log(2.0)
+UNKNOWN = "unknown"  # the label of an input the bundle's open-set gate rejects
 
 
 def default_bundle_dir() -> Path:
@@ -74,14 +76,22 @@ class Result:
     nll_map: np.ndarray | None = None  # (grid rows, grid cols) bits per token, when asked for
     timings: dict[str, float] = field(default_factory=dict)  # ms: tokenize, infer, post
     reused_tokens: int = 0  # prefix reuse: tokens whose KV came from the previous frame
+    known: bool = True  # False: out of distribution; ``label`` is then "unknown" (top_k keeps the guesses)
+    ood_score: float | None = None  # the open-set gate's distance (None: no gate); see pixlm.runtime.novelty
+
+    def describe(self) -> str:
+        """'Bag 0.97', or 'unknown' for an input the open-set gate rejected (overlay, stdout)."""
+        return f"{self.label} {self.score:.2f}" if self.known else self.label
 
     def to_dict(self) -> dict:
         """The JSON form (JSON Lines schema, see README)."""
         return {
             "label": self.label,
+            "known": self.known,
             "score": round(self.score, 6),
             "top_k": [[name, round(p, 6)] for name, p in self.top_k],
             "anomaly": round(self.anomaly, 6),
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "reused_tokens": self.reused_tokens,
         }
 
@@ -99,7 +109,17 @@ class _Prefix:
 class Recognizer:
     """A bundle's tokenizer and model behind one engine. Build with :meth:`open`."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, backend: str, file_key: str, top_k: int = 3):
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: Engine,
+        backend: str,
+        file_key: str,
+        top_k: int = 3,
+        unknown: bool = True,
+    ):
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer
         self.engine = engine
@@ -109,6 +129,8 @@ class Recognizer:
         self.top_k = top_k
         self.n_codes = self.tokenizer.n_codes
         self.pixels_per_token = self.tokenizer.config.patch**2
+        # the open-set gate: None when the bundle has none or ``unknown`` is off
+        self.gate: OODGate | None = bundle.ood_gate(file_key) if unknown and self.labels else None
         self.stats = {"frames": 0, "reuse_hits": 0, "tokens_total": 0, "tokens_saved": 0}
 
     @classmethod
@@ -121,13 +143,16 @@ class Recognizer:
         top_k: int = 3,
         trt_cache_dir: str | os.PathLike | None = None,
         exact_reuse: bool = False,
+        unknown: bool = True,
     ) -> Recognizer:
         """Load and verify a bundle and start an engine on ``backend``.
 
         ``precision``: a file key of the bundle ("fp32", "int8", "int8-dynamic", ...); default: the
         exporter's recommendation for the backend, except that ``exact_reuse`` (for KV prefix
         reuse) avoids the dynamic-INT8 file, whose per-call activation scales make a partial
-        recompute differ slightly from a full one, in favour of fp32.
+        recompute differ slightly from a full one, in favour of fp32. ``unknown``: label inputs the
+        bundle's open-set gate rejects "unknown" (``Result.known`` False); off, every input gets
+        the model's best label, as a closed-set classifier would.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -148,9 +173,8 @@ class Recognizer:
 
             key = precision or bundle.recommended("tensorrt")
             meta = bundle.files[key].path.with_suffix(".json")
-            return cls(
-                bundle, TrtEngine(bundle.path(key), meta if meta.exists() else None), backend, key, top_k
-            )
+            engine = TrtEngine(bundle.path(key), meta if meta.exists() else None)
+            return cls(bundle, engine, backend, key, top_k, unknown)
         key = precision or bundle.recommended("cpu")
         if precision is None and exact_reuse and "dynamic" in key and "fp32" in bundle.files:
             key = "fp32"
@@ -158,7 +182,7 @@ class Recognizer:
             key = "int8"  # the QDQ model: TensorRT's explicit INT8
         providers = _providers(backend, trt_cache_dir or (bundle.root / "trt-cache"))
         engine = OrtEngine(bundle.path(key), providers=providers, threads=threads)
-        return cls(bundle, engine, backend, key, top_k)
+        return cls(bundle, engine, backend, key, top_k, unknown)
 
     # -- one pass over whole images ------------------------------------------------------------
     def analyze_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -292,24 +316,37 @@ class Recognizer:
             yield from streamer
 
     # -- shared post-processing ----------------------------------------------------------------
+    def ood_scores(self, tokens: np.ndarray, token_bits: np.ndarray, label_probs: np.ndarray) -> np.ndarray:
+        """The open-set gate's distance per image (see ``pixlm.runtime.novelty``): PNG length of
+        the image the tokens decode to, plus four numbers from the model's outputs."""
+        assert self.gate is not None
+        png = png_bits_per_pixel(np.stack([self.tokenizer.decode(t) for t in tokens]))
+        return self.gate.score(features(token_bits, label_probs, png, self.pixels_per_token))
+
     def _results(
         self, tokens: np.ndarray, label_logits: np.ndarray, logp: np.ndarray, nll_map: bool
     ) -> list[Result]:
         nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] / LN2  # (B, N) bits
+        probs = np.stack([_softmax(z) for z in label_logits]) if len(self.labels) else None
+        known, ood = np.ones(len(tokens), bool), [None] * len(tokens)
+        if self.gate is not None:
+            scores = self.ood_scores(tokens, nll, probs)
+            known, ood = scores <= self.gate.threshold, scores.tolist()
         out = []
         rows, cols = self.tokenizer.grid
         for i in range(len(tokens)):
-            probs = _softmax(label_logits[i]) if len(self.labels) else np.zeros(0)
-            order = np.argsort(-probs)[: self.top_k]
+            order = np.argsort(-probs[i])[: self.top_k] if probs is not None else []
             best = int(order[0]) if len(order) else -1
             out.append(
                 Result(
-                    label=self.labels[best] if best >= 0 else "",
-                    label_index=best,
-                    score=float(probs[best]) if best >= 0 else 0.0,
-                    top_k=[(self.labels[k], float(probs[k])) for k in order],
+                    label=(self.labels[best] if known[i] else UNKNOWN) if best >= 0 else "",
+                    label_index=best if known[i] else -1,
+                    score=float(probs[i, best]) if best >= 0 else 0.0,
+                    top_k=[(self.labels[k], float(probs[i, k])) for k in order],
                     anomaly=float(nll[i].mean() / self.pixels_per_token),
                     nll_map=nll[i].reshape(rows, cols).astype(np.float32) if nll_map else None,
+                    known=bool(known[i]),
+                    ood_score=ood[i],
                 )
             )
         return out

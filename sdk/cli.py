@@ -18,6 +18,12 @@ def _fail(msg: str) -> None:
     raise click.ClickException(msg)
 
 
+def _grid(value: str | None) -> tuple[int, int] | None:
+    from pixlm.runtime.cli import parse_grid  # the same RxC parsing as `pixlm run --grid`
+
+    return parse_grid(value)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pixlm")
 def main() -> None:
@@ -31,6 +37,7 @@ def main() -> None:
       pixlm eval --dataset fashion-mnist --split test      # the shipped model
       pixlm train --epochs 1 --max-images 5000 -o runs/small.pt
       pixlm train --data clip.avi --label-weight 0 -o runs/scene.pt   # self-supervised
+      pixlm study ood --quick                                         # what it can tell apart
       pixlm run clip.mp4 rtsp://cam/1 --grid 2x2 --jsonl out.jsonl     # stream (no torch needed)
       pixlm-export runs/small.pt -o build/small                        # ONNX + INT8 bundle
     """
@@ -58,11 +65,36 @@ def main() -> None:
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--max-images", type=int, default=None, help="Use only the first N training images.")
 @click.option(
+    "--classes",
+    default=None,
+    help="Train on these label indices only, comma-separated (e.g. 8: a one-class model of bags).",
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep N random labelled images per class (few-label training), drawn with --subset-seed.",
+)
+@click.option("--subset-seed", type=int, default=0, show_default=True)
+@click.option(
+    "--frames",
+    default=None,
+    help="Video or frame folder: keep frames A:B (or every S-th, A:B:S); a decimal point means a "
+    "fraction (0:0.6 = the first 60%, 0.6: = the rest).",
+)
+@click.option(
+    "--tile",
+    default=None,
+    callback=lambda ctx, param, value: _grid(value),
+    help="Video or frame folder: cut each frame into an RxC grid, one training image per tile, "
+    "as `pixlm run --grid RxC` streams it (e.g. 3x4).",
+)
+@click.option(
     "--eval-images",
     type=int,
     default=2000,
     show_default=True,
-    help="Held-out images per evaluation (0 = all).",
+    help="Held-out images per evaluation (0 = all, -1 = none).",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -111,7 +143,12 @@ def train(**o) -> None:
         "d_model": o.pop("d_model"),
         "dropout": o.pop("dropout"),
     }
-    o["eval_images"] = o["eval_images"] or None
+    o["eval_images"] = {0: None, -1: 0}.get(o["eval_images"], o["eval_images"])
+    try:
+        if o["classes"] is not None:
+            o["classes"] = [int(c) for c in o["classes"].split(",")]
+    except ValueError:
+        _fail("--classes must look like 8 or 3,5 (label indices)")
     cfg = TrainConfig(**o, height=h, width=w, model=model)
     cfg.channels = int(cfg.channels)
     bar = None
@@ -181,7 +218,7 @@ def eval_(checkpoint, dataset, split, max_images, batch_size, json_path, threads
     path = checkpoint or ckpt.default_checkpoint()
     try:
         model, tok, _ = ckpt.load(path)
-        data = load_source(dataset, split, tok.prepare, tok.config.channels).subset(max_images)
+        data = load_source(dataset, split, tok, tok.config.channels).subset(max_images)
     except ValueError as e:
         _fail(str(e))
     with click.progressbar(length=len(data), label=f"scoring {Path(path).name}", file=sys.stderr) as bar:
@@ -226,6 +263,202 @@ def average(checkpoints, output) -> None:
     except ValueError as e:
         _fail(str(e))
     click.echo(f"wrote {out}: mean of {len(checkpoints)} checkpoints ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.group()
+def study() -> None:
+    """Measure what learning without labels buys, against baselines.
+
+    Each study writes NAME.json and PNG figures to --out; --quick finishes in minutes with tiny
+    models (what `make test` runs). The README's numbers come from the full runs.
+
+    \b
+    Examples:
+      pixlm study one-class --quick
+      pixlm study one-class --threads 1 --out docs/figures      # about 5 min per class on 1 core
+    """
+
+
+def _study_options(f):
+    f = click.option("--quick", is_flag=True, help="Minutes, not hours: tiny models, fewer images.")(f)
+    f = click.option("--out", type=click.Path(file_okay=False), default="out/studies", show_default=True)(f)
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")(f)
+
+
+@study.command("one-class")
+@_study_options
+@click.option("--classes", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="Label indices.")
+@click.option("--epochs", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
+@click.option(
+    "--runs",
+    type=click.Path(file_okay=False),
+    default="runs/one-class",
+    show_default=True,
+    help="Where the per-class models go (resumed from here).",
+)
+@click.option("--max-minutes", type=float, default=None, help="Per class: stop and save; rerun to resume.")
+def one_class(quick, out, threads, classes, epochs, runs, max_minutes) -> None:
+    """Train a label-free model per Fashion-MNIST class, score all test images (AUROC).
+
+    Classes already in OUT/one-class.json are kept: an interrupted study continues.
+    """
+    import torch
+
+    from pixlm.studies import one_class as study_mod
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        picked = [int(c) for c in classes.split(",")]
+    except ValueError:
+        _fail("--classes must look like 0,1,2 (label indices)")
+    if any(not 0 <= c <= 9 for c in picked):
+        _fail("--classes: Fashion-MNIST label indices are 0..9")
+    opts = study_mod.OneClassOptions(
+        out=Path(out),
+        runs=Path(runs),
+        classes=picked,
+        epochs=epochs,
+        threads=threads,
+        max_minutes=max_minutes,
+    )
+    if quick:
+        opts.quick, opts.epochs, opts.model = True, 2.0, {"n_layer": 2, "n_head": 2, "d_model": 32}
+        opts.runs = opts.runs / "quick"
+    try:
+        results = study_mod.run(opts, log=lambda s: click.echo(s, err=True))
+    except (ValueError, TimeoutError) as e:
+        _fail(str(e))
+    click.echo(study_mod.format_table(results))
+
+
+@study.command("ood")
+@_study_options
+@click.option(
+    "--checkpoint", type=click.Path(dir_okay=False), default=None, help="[default: the shipped model]"
+)
+def ood(quick, out, threads, checkpoint) -> None:
+    """Which inputs the shipped model should call "unknown": AUROC per out-of-distribution set.
+
+    Digits, street crops and tiles of vtest.avi, noise and constant images against Fashion-MNIST
+    test images; raw likelihood, the PNG-corrected score, label confidence and the runtime's gate.
+    """
+    import torch
+
+    from pixlm.studies import ood as study_mod
+
+    if threads:
+        torch.set_num_threads(threads)
+    opts = study_mod.OODOptions(
+        out=Path(out), checkpoint=Path(checkpoint) if checkpoint else None, quick=quick
+    )
+    try:
+        results = study_mod.run(opts, log=lambda s: click.echo(s, err=True))
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(study_mod.format_table(results))
+
+
+@study.command("scene")
+@_study_options
+@click.option("--video", default=None, help="[default: OpenCV's vtest.avi]")
+@click.option(
+    "--grid",
+    default="6x8",
+    show_default=True,
+    callback=lambda ctx, param, value: _grid(value),
+    help="Tiles per frame, RxC (as pixlm run --grid).",
+)
+@click.option("--epochs", type=click.FloatRange(min=0.1), default=6.0, show_default=True)
+@click.option(
+    "--model-path",
+    type=click.Path(dir_okay=False),
+    default="runs/scene/vtest-scene.pt",
+    show_default=True,
+    help="The scene model (resumed from here, kept for pixlm-export).",
+)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Stop training and save; rerun to resume.")
+def scene(quick, out, threads, video, grid, epochs, model_path, channels, max_minutes) -> None:
+    """Learn a static camera's scene from video without labels; find pasted objects (vs MOG2).
+
+    Trains on the first 60% of the clip's frames (tiles of --grid), pastes bags into half of the
+    tiles of the rest, and reports region and pixel AUROC beside OpenCV's MOG2.
+    """
+    import torch
+
+    from pixlm.studies import scene as study_mod
+
+    if threads:
+        torch.set_num_threads(threads)
+    opts = study_mod.SceneOptions(
+        out=Path(out),
+        model_path=Path(model_path),
+        grid=grid,
+        epochs=epochs,
+        channels=int(channels),
+        threads=threads,
+        max_minutes=max_minutes,
+        quick=quick,
+    )
+    if video:
+        opts.video = video
+    if quick:
+        opts.epochs, opts.model = 1.0, {"n_layer": 2, "n_head": 2, "d_model": 32}
+        opts.train_frames, opts.model_path = "0:0.6:20", opts.model_path.with_suffix(".quick.pt")
+    try:
+        results = study_mod.run(opts, log=lambda s: click.echo(s, err=True))
+    except (ValueError, TimeoutError) as e:
+        _fail(str(e))
+    click.echo(study_mod.format_table(results))
+
+
+@study.command("few-labels")
+@_study_options
+@click.option(
+    "--pretrained",
+    type=click.Path(dir_okay=False),
+    default="runs/fm-pretrain.pt",
+    show_default=True,
+    help="A model pretrained without labels (pixlm train --label-weight 0).",
+)
+@click.option("--per-class", default="10,100", show_default=True, help="Labelled images per class.")
+@click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--runs", type=click.Path(file_okay=False), default="runs/few-labels", show_default=True)
+def few_labels(quick, out, threads, pretrained, per_class, draws, runs) -> None:
+    """Fine-tune, linear probe and a CNN from scratch on 10 / 100 labels per class.
+
+    \b
+    First pretrain without labels (about 80 min on 2 cores):
+      pixlm train --label-weight 0 --epochs 5 --precision bf16 -o runs/fm-pretrain.pt
+    Runs already in OUT/few-labels.json are kept: an interrupted study continues.
+    """
+    import torch
+
+    from pixlm.studies import few_labels as study_mod
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        ns = [int(n) for n in per_class.split(",")]
+    except ValueError:
+        _fail("--per-class must look like 10,100")
+    opts = study_mod.FewLabelsOptions(
+        pretrained=Path(pretrained),
+        out=Path(out),
+        runs=Path(runs),
+        per_class=ns,
+        draws=draws,
+        threads=threads,
+        quick=quick,
+    )
+    if quick:
+        opts.draws, opts.runs = min(draws, 1), opts.runs / "quick"
+    try:
+        results = study_mod.run(opts, log=lambda s: click.echo(s, err=True))
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(study_mod.format_table(results))
 
 
 def _add_runtime_commands() -> None:

@@ -47,6 +47,27 @@ class Dataset:
             return self
         return Dataset(self.images[:n], self.labels[:n], self.label_names)
 
+    def take(self, index: np.ndarray) -> Dataset:
+        return Dataset(self.images[index], self.labels[index], self.label_names)
+
+    def of_classes(self, classes: list[int]) -> Dataset:
+        """Only the images of these label indices (e.g. one class, for a one-class model)."""
+        bad = [c for c in classes if not 0 <= c < len(self.label_names)]
+        if bad:
+            raise ValueError(f"classes {bad} out of range: the data has {len(self.label_names)} labels")
+        return self.take(np.flatnonzero(np.isin(self.labels, classes)))
+
+    def per_class(self, n: int, seed: int = 0) -> Dataset:
+        """``n`` random images of every class (a few-label training set), drawn with ``seed``."""
+        rng = np.random.default_rng(seed)
+        picks = []
+        for c in range(len(self.label_names)):
+            where = np.flatnonzero(self.labels == c)
+            if len(where) < n:
+                raise ValueError(f"class {self.label_names[c]!r} has {len(where)} images, fewer than {n}")
+            picks.append(rng.choice(where, n, replace=False))
+        return self.take(np.sort(np.concatenate(picks)))
+
 
 def _read_idx(path: Path) -> np.ndarray:
     """Read an idx file (optionally gzipped), the format MNIST and Fashion-MNIST ship in."""
@@ -112,36 +133,87 @@ def load_image_folder(root: str | os.PathLike, prepare, channels: int) -> Datase
     return Dataset(np.stack(images), np.array(labels, dtype=np.int64), tuple(classes))
 
 
-def load_frames(
-    source: str | os.PathLike, prepare, channels: int, stride: int = 1, max_frames: int | None = None
-) -> Dataset:
-    """Unlabeled frames from a video file or a folder of images (self-supervised training)."""
+def parse_frame_range(text: str | None, n: int) -> slice:
+    """ "A:B[:S]" -> frames A..B-1 (every S-th) of a clip of ``n``; numbers with a decimal point are
+    fractions of the clip ("0:0.6" is the first 60%, "0.6:" the rest). None keeps every frame."""
+    if text is None:
+        return slice(0, n)
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        step = int(parts[2]) if len(parts) == 3 and parts[2].strip() else 1
+        a, b = (float(p) if p.strip() else None for p in parts[:2])
+    except ValueError:
+        raise ValueError(f"frame range must look like 0:480, 0:0.6, 0.6: or 0:0.6:2, got {text!r}") from None
+    fraction = "." in ":".join(parts[:2])
+    a = 0 if a is None else round(a * n) if fraction else int(a)
+    b = n if b is None else round(b * n) if fraction else int(b)
+    if a < 0 or b <= a or step < 1:
+        raise ValueError(f"frame range {text!r} is empty")
+    return slice(a, min(b, n), step)
+
+
+def read_frames(source: str | os.PathLike, channels: int) -> list[np.ndarray]:
+    """Every frame of a video file, or every image of a frame folder (sorted by name)."""
     source = Path(source)
-    frames = []
     if source.is_dir():
         files = sorted(f for f in source.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        for f in files[::stride][:max_frames]:
-            frames.append(prepare(read_image(f, channels)))
-    else:
-        cap = cv2.VideoCapture(str(source))
-        if not cap.isOpened():
-            raise ValueError(f"{source}: cannot open video")
-        i = 0
-        while max_frames is None or len(frames) < max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i % stride == 0:
-                frames.append(prepare(frame))
-            i += 1
-        cap.release()
-    if not frames:
-        raise ValueError(f"{source}: no frames read")
-    return Dataset(np.stack(frames), np.full(len(frames), -1, dtype=np.int64), ())
+        return [read_image(f, channels) for f in files]
+    cap = cv2.VideoCapture(str(source))
+    if not cap.isOpened():
+        raise ValueError(f"{source}: cannot open video")
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
 
 
-def load_source(source: str, split: str, prepare, channels: int, max_frames: int | None = None) -> Dataset:
-    """Dispatch on what ``source`` is: 'fashion-mnist', an idx folder, a class folder, a video."""
+def load_frames(
+    source: str | os.PathLike,
+    tokenizer,
+    channels: int,
+    frames: str | None = None,
+    tile: tuple[int, int] | None = None,
+) -> Dataset:
+    """Unlabeled frames from a video file or a folder of images (self-supervised training).
+
+    ``frames`` keeps a range of them ("0:0.6": the first 60%); ``tile`` cuts each frame into the
+    same ``rows x cols`` grid that ``pixlm run --grid`` streams, one training image per tile.
+    """
+    from pixlm.runtime.stream import grid_regions
+
+    all_frames = read_frames(source, channels)
+    kept = all_frames[parse_frame_range(frames, len(all_frames))]
+    if not kept:
+        raise ValueError(f"{source}: no frames read" + (f" in range {frames}" if frames else ""))
+    images = []
+    for frame in kept:
+        if tile is None:
+            images.append(tokenizer.prepare(frame))
+            continue
+        grey = tokenizer.match_channels(frame)  # as the runtime does: once per frame, then crops
+        h, w = grey.shape[:2]
+        images += [tokenizer.prepare(r.crop(grey)) for r in grid_regions(w, h, *tile)]
+    return Dataset(np.stack(images), np.full(len(images), -1, dtype=np.int64), ())
+
+
+def load_source(
+    source: str,
+    split: str,
+    tokenizer,
+    channels: int,
+    frames: str | None = None,
+    tile: tuple[int, int] | None = None,
+) -> Dataset:
+    """Dispatch on what ``source`` is: 'fashion-mnist', an idx folder, a class folder, a video.
+
+    ``frames`` and ``tile`` apply to videos and frame folders only (see :func:`load_frames`).
+    """
     if source == "fashion-mnist":
         return load_fashion_mnist(FASHION_MNIST_DIR, split)
     path = Path(source)
@@ -150,9 +222,9 @@ def load_source(source: str, split: str, prepare, channels: int, max_frames: int
     if path.is_dir() and any(path.glob("*-images-idx3-ubyte*")):
         return load_fashion_mnist(path, split)
     if path.is_dir() and any(d.is_dir() for d in path.iterdir()):
-        return load_image_folder(path, prepare, channels)
+        return load_image_folder(path, tokenizer.prepare, channels)
     if path.is_dir() or path.suffix.lower() in VIDEO_SUFFIXES:
-        return load_frames(path, prepare, channels, max_frames=max_frames)
+        return load_frames(path, tokenizer, channels, frames, tile)
     raise ValueError(f"{source}: not a dataset folder, class folder, frame folder or video")
 
 

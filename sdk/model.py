@@ -138,22 +138,40 @@ class PixLM(nn.Module):
 
         ``past_key_values``: one (key, value) per layer, each (B, nh, P, hs); P may be 0.
         """
-        B, T = input_ids.shape
         P = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        pos = torch.arange(T, device=input_ids.device) + P  # (T,) absolute positions
-        x = self.tok_emb(input_ids) + self.pos_emb(pos)
-        if self.cfg.pos_2d:
-            x = x + self.row_emb(self.row_of[pos]) + self.col_emb(self.col_of[pos])
-        x = self.drop(x)
-        # Explicit causal mask from the past length: query P+i sees keys 0..P+i. (is_causal=True
-        # would align the triangle to key 0 and be wrong as soon as a cache is present.)
-        keys = torch.arange(P + T, device=input_ids.device)
-        mask = keys[None, :] <= pos[:, None]  # (T, P+T) bool
+        x, mask = self._embed(input_ids, P)
         presents = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, mask, None if past_key_values is None else past_key_values[i])
             presents.append(kv)
         return self.head(self.ln_f(x)), presents
+
+    def _embed(self, input_ids: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token + position embeddings (B, T, C) of tokens at positions P.., and the causal mask."""
+        T = input_ids.shape[1]
+        pos = torch.arange(T, device=input_ids.device) + P  # (T,) absolute positions
+        x = self.tok_emb(input_ids) + self.pos_emb(pos)
+        if self.cfg.pos_2d:
+            x = x + self.row_emb(self.row_of[pos]) + self.col_emb(self.col_of[pos])
+        # Explicit causal mask from the past length: query P+i sees keys 0..P+i. (is_causal=True
+        # would align the triangle to key 0 and be wrong as soon as a cache is present.)
+        keys = torch.arange(P + T, device=input_ids.device)
+        return self.drop(x), keys[None, :] <= pos[:, None]  # mask (T, P+T) bool
+
+    def features(self, tokens: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """(B, N) image tokens -> (B, d_model): what a linear probe reads (as in Image GPT).
+
+        The residual stream after block ``layer`` (default: the middle one), layer-normalised
+        without learned scale and averaged over the sequence. Image GPT found middle layers, not
+        the last, carry the most linearly separable features of a generative model.
+        """
+        layer = max(1, self.cfg.n_layer // 2) if layer is None else layer
+        if not 1 <= layer <= self.cfg.n_layer:
+            raise ValueError(f"layer must be within 1..{self.cfg.n_layer}, got {layer}")
+        x, mask = self._embed(self.with_bos(tokens), 0)
+        for block in self.blocks[:layer]:
+            x, _ = block(x, mask, None)
+        return F.layer_norm(x.float(), (x.shape[-1],)).mean(1)
 
     # -- the "language" read off the logits ---------------------------------------------------
     def code_logits(self, logits: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,12 @@ class TrainConfig:
     resume: bool = False  # continue `output` from its saved step
     epochs: float = 1.0
     max_images: int | None = None  # use only the first N training images
-    eval_images: int | None = 2000  # held-out images scored after each epoch (None = all)
+    classes: list[int] | None = None  # keep only images of these label indices (one-class models)
+    per_class: int | None = None  # keep N images per class, drawn with `subset_seed` (few labels)
+    subset_seed: int = 0
+    frames: str | None = None  # video/frame data: "A:B" keeps frames A..B-1, fractions allowed ("0:0.6")
+    tile: tuple[int, int] | None = None  # video/frame data: cut each frame into a rows x cols grid
+    eval_images: int | None = 2000  # held-out images scored after each epoch (None = all, 0 = none)
     batch_size: int = 64  # per process
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -98,6 +103,7 @@ class TrainResult:
     tokenizer: Tokenizer
     metrics: dict  # the last held-out evaluation (empty when none ran)
     step: int
+    finished: bool  # False when --max-minutes stopped it first (resume to finish)
 
 
 def train(
@@ -121,7 +127,7 @@ def train(
                 palette=[[0] * cfg.patch**2 * cfg.channels, [255] * cfg.patch**2 * cfg.channels],
             )
         )
-        data = load_source(cfg.data, "train", plain.prepare, cfg.channels).subset(cfg.max_images)
+        data = _training_data(cfg, plain)
         t0 = time.time()
         palette = fit_palette(data.images, cfg.codes, cfg.patch, seed=cfg.seed)
         log(f"palette: {len(palette)} codes of {cfg.patch}x{cfg.patch} px fitted in {time.time() - t0:.1f}s")
@@ -133,14 +139,17 @@ def train(
         rows, cols = tok.grid
         model = PixLM(PixLMConfig(tok.n_codes, len(tok.labels), rows, cols, **cfg.model))
     else:
-        data = load_source(cfg.data, "train", tok.prepare, tok.config.channels).subset(cfg.max_images)
+        data = _training_data(cfg, tok)
         if data.label_names and tuple(data.label_names) != tok.labels:
-            if tok.labels:
+            if state is not None:  # a resumed run must keep its vocabulary
                 raise ValueError(
                     f"{cfg.data}: labels {data.label_names} differ from the model's {tok.labels}"
                 )
-            # self-supervised model fine-tuned with labels: widen the vocabulary by the label tokens
-            model, tok = _add_labels(model, tok, data.label_names)
+            # --init on a new task: the image tokens (and what the model learned of them) stay,
+            # the old label tokens, if any, are replaced by fresh ones for the new label set
+            if tok.labels:
+                log(f"replacing the model's {len(tok.labels)} labels by {len(data.label_names)} new ones")
+            model, tok = _set_labels(model, tok, data.label_names)
     if data.images.shape[1:3] != (tok.config.height, tok.config.width):
         raise ValueError(
             f"{cfg.data}: images are {data.images.shape[1:3]}, tokenizer expects "
@@ -236,7 +245,7 @@ def train(
             break
     if world > 1:
         dist.barrier()
-    return TrainResult(model, tok, metrics, step)
+    return TrainResult(model, tok, metrics, step, step >= total)
 
 
 def epoch_path(output: str | Path, epoch: int) -> Path:
@@ -277,10 +286,22 @@ def train_step(
     return loss, pix, lab_logits
 
 
+def _training_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset:
+    """The training split of ``cfg.data``, cut down as the config asks (frames, tiles, classes)."""
+    data = load_source(cfg.data, "train", tok, tok.config.channels, frames=cfg.frames, tile=cfg.tile)
+    if cfg.classes is not None:
+        data = data.of_classes(cfg.classes)
+    if cfg.per_class is not None:
+        data = data.per_class(cfg.per_class, cfg.subset_seed)
+    return data.subset(cfg.max_images)
+
+
 def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:
+    if cfg.eval_images == 0:
+        return None
     source = cfg.eval_data or cfg.data
     try:
-        d = load_source(source, "test", tok.prepare, tok.config.channels)
+        d = load_source(source, "test", tok, tok.config.channels)
     except ValueError:
         return None
     if (
@@ -292,13 +313,15 @@ def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:
     return d.subset(cfg.eval_images)
 
 
-def _add_labels(model: PixLM, tok: Tokenizer, names: tuple[str, ...]) -> tuple[PixLM, Tokenizer]:
+def _set_labels(model: PixLM, tok: Tokenizer, names: tuple[str, ...]) -> tuple[PixLM, Tokenizer]:
+    """The same model with label tokens ``names``: code and BOS rows kept, label rows fresh."""
     cfg = PixLMConfig(**{**model.cfg.to_dict(), "n_labels": len(names)})
     new = PixLM(cfg)
     sd = model.state_dict()
+    keep = cfg.n_codes + 1  # palette codes and BOS
     for key in ("tok_emb.weight", "head.weight"):
         w = new.state_dict()[key].clone()
-        w[: sd[key].shape[0]] = sd[key]
+        w[:keep] = sd[key][:keep]
         sd[key] = w
     new.load_state_dict(sd)
     return new, Tokenizer(tok.config, names)
@@ -309,4 +332,5 @@ def _short(m: dict) -> dict:
 
 
 def _jsonable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict, list))}

@@ -6,6 +6,7 @@ block ``import torch`` in this process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,34 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return p
 
 
+# `pixlm run` in a subprocess whose `import torch` is blocked, as on a camera box
+NO_TORCH = (
+    "import sys\n"
+    "class B:\n"
+    "    def find_spec(self, n, p=None, t=None):\n"
+    "        if n.split('.')[0] == 'torch': raise ImportError('torch blocked')\n"
+    "sys.meta_path.insert(0, B())\n"
+    "from pixlm.cli import main\n"
+    "main(prog_name='pixlm')\n"
+)
+
+
+def pixlm_run(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", NO_TORCH, "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    text = path.read_text() if path.exists() else ""
+    assert text == "" or text.endswith("\n"), "a truncated last line"
+    return [json.loads(line) for line in text.splitlines()]
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     if not FASHION_MNIST.exists():
@@ -72,4 +101,25 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     """A bundle exported from the tiny checkpoint by the real CLI (fp32, int8 QDQ, int8 dynamic)."""
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     run_cli("pixlm-export", str(tiny_checkpoint), "-o", str(out), *TINY_EXPORT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shipped_bundle(tmp_path_factory) -> Path:
+    """The shipped Fashion-MNIST model's bundle (fp32 only), its open-set gate fitted on the first
+    2,000 test images, exported by the real CLI."""
+    out = tmp_path_factory.mktemp("shipped") / "bundle"
+    run_cli(
+        "pixlm-export",
+        "-o",
+        str(out),
+        "--no-int8",
+        "--no-dynamic",
+        "--eval-images",
+        "2000",
+        "--bench-seconds",
+        "0",
+        "--threads",
+        "2",
+    )
     return out

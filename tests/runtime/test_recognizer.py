@@ -19,7 +19,8 @@ from pixlm.runtime.stream import Streamer, grid_regions
 
 @pytest.fixture(scope="module")
 def rec(tiny_bundle) -> Recognizer:
-    return Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1)
+    """Closed set (every input gets its best label); the "unknown" gate: test_novelty.py."""
+    return Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ The CLI runs in a subprocess whose ``import torch`` is blocked, as on a camera b
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -16,33 +15,7 @@ import cv2
 import pytest
 from cameras import RTSP_SERVER, SYSTEM_PYTHON, free_port, has_rtsp_server
 
-from conftest import VTEST
-
-NO_TORCH = (
-    "import sys\n"
-    "class B:\n"
-    "    def find_spec(self, n, p=None, t=None):\n"
-    "        if n.split('.')[0] == 'torch': raise ImportError('torch blocked')\n"
-    "sys.meta_path.insert(0, B())\n"
-    "from pixlm.cli import main\n"
-    "main(prog_name='pixlm')\n"
-)
-
-
-def pixlm_run(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", NO_TORCH, "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    text = path.read_text() if path.exists() else ""
-    assert text == "" or text.endswith("\n"), "a truncated last line"
-    return [json.loads(line) for line in text.splitlines()]
+from conftest import NO_TORCH, VTEST, pixlm_run, read_jsonl
 
 
 def frames_in(video: Path) -> int:

@@ -14,7 +14,8 @@ import torch
 
 from conftest import BIN, VTEST, run_cli
 from pixlm import checkpoint
-from pixlm.data import load_fashion_mnist
+from pixlm.data import load_fashion_mnist, parse_frame_range
+from pixlm.evaluate import predict
 from pixlm.train import TrainConfig, train
 
 TINY = dict(patch=4, codes=32, threads=2, eval_images=200, model={"n_layer": 1, "n_head": 2, "d_model": 32})
@@ -190,3 +191,103 @@ def test_average_refuses_different_models(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "x.pt").exists()
     p = run_cli("pixlm", "average", str(tiny_checkpoint), "-o", str(tmp_path / "x.pt"), check=False)
     assert p.returncode != 0 and "at least two" in p.stderr
+
+
+def test_init_replaces_another_label_set(tiny_checkpoint, tmp_path):
+    """--init from a Fashion-MNIST model onto a task with other labels: new label tokens, same
+    image tokens (this was refused with 'labels ... differ from the model's')."""
+    folder = tmp_path / "task"
+    fm = load_fashion_mnist(split="test")
+    for name, cls in (("bags", 8), ("trousers", 1), ("boots", 9)):
+        (folder / name).mkdir(parents=True)
+        for i in np.flatnonzero(fm.labels == cls)[:40]:
+            cv2.imwrite(str(folder / name / f"{i}.png"), fm.images[i])
+    old, _, _ = checkpoint.load(tiny_checkpoint)
+    out = tmp_path / "new.pt"
+    p = run_cli(
+        "pixlm",
+        "train",
+        "--data",
+        str(folder),
+        "--init",
+        str(tiny_checkpoint),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--eval-images",
+        "-1",
+        "--threads",
+        "2",
+        "-o",
+        str(out),
+    )
+    assert "replacing the model's 10 labels by 3 new ones" in p.stderr
+    model, tok, _ = checkpoint.load(out)
+    assert tok.labels == ("bags", "boots", "trousers") and model.cfg.n_labels == 3
+    assert model.cfg.vocab_size == old.cfg.n_codes + 1 + 3
+    # the new model classifies the new task well above chance (3 classes: 33%)
+    probs, _ = predict(model, tok, np.stack([fm.images[i] for i in np.flatnonzero(fm.labels == 8)[40:140]]))
+    assert (probs.argmax(1) == 0).mean() > 0.6
+
+
+def test_class_and_per_class_subsets():
+    fm = load_fashion_mnist(split="test")
+    bags = fm.of_classes([8])
+    assert len(bags) == 1000 and (bags.labels == 8).all()
+    few = fm.per_class(10, seed=3)
+    assert len(few) == 100 and (np.bincount(few.labels) == 10).all()
+    assert not np.array_equal(few.images, fm.per_class(10, seed=4).images)
+    assert np.array_equal(few.images, fm.per_class(10, seed=3).images)  # a seed is one draw
+    with pytest.raises(ValueError, match="out of range"):
+        fm.of_classes([10])
+    with pytest.raises(ValueError, match="fewer than"):
+        fm.per_class(2000)
+
+
+def test_frame_ranges():
+    assert parse_frame_range("0:0.6", 795) == slice(0, 477, 1)
+    assert parse_frame_range("0.6:", 795) == slice(477, 795, 1)
+    assert parse_frame_range("10:20:5", 795) == slice(10, 20, 5)
+    assert parse_frame_range("0:0.6:2", 10) == slice(0, 6, 2)
+    for bad in ("5", "a:b", "20:10", "0:0.5:0"):
+        with pytest.raises(ValueError):
+            parse_frame_range(bad, 100)
+
+
+def test_train_on_video_tiles_of_a_frame_range(tmp_path):
+    """The scene recipe: tiles of the first 60% of a clip, every 50th frame, label-free."""
+    out = tmp_path / "scene.pt"
+    p = run_cli(
+        "pixlm",
+        "train",
+        "--data",
+        str(VTEST),
+        "--frames",
+        "0:0.6:50",
+        "--tile",
+        "2x3",
+        "--label-weight",
+        "0",
+        "--patch",
+        "4",
+        "--codes",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--d-model",
+        "16",
+        "--batch-size",
+        "8",
+        "--eval-images",
+        "-1",
+        "-o",
+        str(out),
+    )
+    assert "60 training images" in p.stderr  # frames 0, 50, ..., 450 of 795: 10 frames x 6 tiles
+    _, tok, state = checkpoint.load(out)
+    assert tok.labels == () and state["train_config"]["tile"] == [2, 3]
+    p = run_cli("pixlm", "train", "--data", str(VTEST), "--tile", "0x3", "-o", str(out), check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "--tile" in p.stderr

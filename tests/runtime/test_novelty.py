@@ -1,0 +1,140 @@
+"""The open-set gate ("unknown"), torch-free: its math, its manifest entry, and the runtime on real
+inputs. The shipped model's bundle must call street-scene regions "unknown" and keep Fashion-MNIST
+images known, through ``pixlm run`` and the Python API alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import VTEST, pixlm_run, read_jsonl
+from pixlm.data import load_fashion_mnist
+from pixlm.runtime import manifest as mf
+from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.novelty import FEATURES, OODGate, png_bits_per_pixel
+from pixlm.runtime.recognizer import UNKNOWN, Recognizer
+
+
+def test_png_length_orders_images_by_complexity():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (1, 28, 28), dtype=np.uint8)
+    shirt = load_fashion_mnist(split="test").images[:1]
+    flat = np.full((1, 28, 28), 128, np.uint8)
+    bits = [png_bits_per_pixel(x)[0] for x in (noise, shirt, flat)]
+    assert bits[0] > 8 > bits[1] > bits[2] > 0  # noise does not compress; a flat image does
+
+
+def test_gate_accepts_the_asked_share_of_new_typical_inputs():
+    rng = np.random.default_rng(1)
+    cov = np.array([[2.0, 0.9], [0.9, 1.0]])
+    gate = OODGate.fit(rng.multivariate_normal([1, -2], cov, 4000), accept=0.9)
+    fresh = rng.multivariate_normal([1, -2], cov, 20000)
+    assert gate.known(fresh).mean() == pytest.approx(0.9, abs=0.015)
+    assert not gate.known(np.array([[1 + 6, -2 - 6]])).any()  # far off: unknown
+    assert gate.images == 4000 and gate.threshold > 0
+
+
+def test_gate_round_trips_and_refuses_bad_entries():
+    rng = np.random.default_rng(2)
+    gate = OODGate.fit(rng.normal(size=(100, len(FEATURES))))
+    again = OODGate.from_dict(json.loads(json.dumps(gate.to_dict())))
+    x = rng.normal(size=(5, len(FEATURES)))
+    assert np.allclose(gate.score(x), again.score(x))
+    for change in (
+        {"kind": "other"},
+        {"mean": [0.0] * 3},
+        {"threshold": float("nan")},
+        {"threshold": -1.0},
+        {"inv_cov": "x"},
+    ):
+        with pytest.raises(ValueError):
+            OODGate.from_dict({**gate.to_dict(), **change})
+
+
+def test_export_stores_a_gate_per_file_and_results_carry_it(tiny_bundle):
+    b = Bundle.load(tiny_bundle)
+    assert set(b.gates) == {mf.FP32, mf.INT8, mf.INT8_DYNAMIC}
+    assert b.gates[mf.FP32].accept == 0.95 and b.gates[mf.FP32].images == 500  # TINY_EXPORT's held-out
+    images = list(load_fashion_mnist(split="test").images[:200])
+    rec = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1)
+    results = rec.predict_batch(images)
+    known = [r.known for r in results]
+    assert all(isinstance(r.ood_score, float) for r in results)
+    assert 0.85 <= np.mean(known) <= 1.0  # these 200 are among the 500 the threshold accepts 95% of
+    for r in results:
+        assert (r.label == UNKNOWN) == (not r.known) and (r.label_index == -1) == (not r.known)
+        assert r.to_dict()["known"] is r.known and r.top_k[0][1] == pytest.approx(r.score)
+    closed = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
+    assert closed.gate is None
+    assert all(r.known and r.ood_score is None and r.label != UNKNOWN for r in closed.predict_batch(images))
+
+
+def test_a_damaged_gate_is_one_bundle_error(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    path = dst / mf.MANIFEST
+    man = json.loads(path.read_text())
+    man[mf.K_OOD][mf.INT8]["inv_cov"] = [[1.0]]
+    path.write_text(json.dumps(man))
+    with pytest.raises(BundleError, match=r"ood\.int8: mean .* inv_cov"):
+        Bundle.load(dst)
+    man[mf.K_OOD] = ["not", "an", "object"]
+    path.write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="'ood' is not an object"):
+        Bundle.load(dst)
+
+
+# -- the shipped model: street regions are "unknown", clothes are known -------------------------
+def test_shipped_model_calls_street_regions_unknown(shipped_bundle, tmp_path):
+    out = tmp_path / "out.jsonl"
+    p = pixlm_run(
+        str(VTEST),
+        "--bundle",
+        str(shipped_bundle),
+        "--grid",
+        "2x2",
+        "--max-frames",
+        "60",
+        "--jsonl",
+        str(out),
+        "--threads",
+        "2",
+        "-q",
+    )
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    results = [r for r in read_jsonl(out) if r["type"] == "result"]
+    assert len(results) == 240
+    unknown = np.mean([r["label"] == UNKNOWN and r["known"] is False for r in results])
+    assert unknown >= 0.9, f"only {unknown:.0%} of street regions were called unknown"
+
+    p = pixlm_run(
+        str(VTEST),
+        "--bundle",
+        str(shipped_bundle),
+        "--grid",
+        "2x2",
+        "--max-frames",
+        "5",
+        "--jsonl",
+        str(out),
+        "--no-unknown",
+        "-q",
+    )
+    assert p.wait(timeout=300) == 0
+    assert all(r["label"] != UNKNOWN for r in read_jsonl(out) if r["type"] == "result")
+
+
+def test_shipped_model_keeps_fashion_images_known(shipped_bundle, tmp_path):
+    data = load_fashion_mnist(split="test")
+    images, labels = data.images[5000:5400], data.labels[5000:5400]  # not the gate's 2,000
+    rec = Recognizer.open(shipped_bundle, backend="ort-cpu", precision="fp32", threads=2)
+    results = rec.predict_batch([cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) for im in images])
+    known = np.array([r.known for r in results])
+    assert known.mean() >= 0.88  # the gate was set to accept 95% of held-out images
+    right = np.array([r.label_index == y for r, y in zip(results, labels, strict=True)])
+    assert right[known].mean() >= 0.9  # what it accepts, it mostly labels right

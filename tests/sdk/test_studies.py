@@ -1,0 +1,126 @@
+"""`pixlm study NAME --quick`: each study end to end on real data, in minutes (the full runs'
+numbers are in the README). Each asserts what its protocol must show even at this size."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from conftest import TINY_TRAIN, run_cli
+
+
+def test_one_class_quick(tmp_path):
+    p = run_cli(
+        "pixlm",
+        "study",
+        "one-class",
+        "--quick",
+        "--classes",
+        "8",
+        "--threads",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    r = json.loads((tmp_path / "one-class-quick.json").read_text())
+    auroc = r["classes"]["8"]["auroc"]
+    assert set(auroc) == {"raw", "png-corrected", "typicality", "features", "pixel-ocsvm", "pixel-knn"}
+    assert all(0 <= v <= 1 for v in auroc.values())
+    assert auroc["pixel-knn"] > 0.7  # bags against the other nine classes: the protocol is sound
+    assert r["settings"]["test_images"] == 1000 and "| 8 Bag |" in p.stdout
+    assert cv2.imread(str(tmp_path / "one-class-quick-roc.png")) is not None
+    # a second run keeps the finished class instead of training it again
+    p = run_cli(
+        "pixlm",
+        "study",
+        "one-class",
+        "--quick",
+        "--classes",
+        "8",
+        "--out",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    assert "done in an earlier run" in p.stderr
+
+
+def test_ood_quick_with_the_shipped_model(tmp_path):
+    run_cli("pixlm", "study", "ood", "--quick", "--threads", "2", "--out", str(tmp_path))
+    r = json.loads((tmp_path / "ood-quick.json").read_text())
+    sets = r["sets"]
+    assert set(sets) == {"digits", "street crops", "street 2x2 tiles", "uniform noise", "constant"}
+    assert sets["constant"]["auroc"]["raw"] < 0.2  # raw likelihood prefers blank images (Nalisnick)
+    assert sets["street 2x2 tiles"]["auroc"]["png-corrected"] < 0.5  # the correction alone fails here
+    for name, s in sets.items():
+        assert s["auroc"]["gate"] >= 0.95, name  # the runtime's gate separates every set
+    assert 0.9 <= r["in_distribution"]["accepted"] <= 1.0
+    assert cv2.imread(str(tmp_path / "ood-quick-roc.png")) is not None
+
+
+def test_scene_quick(tmp_path):
+    p = run_cli(
+        "pixlm",
+        "study",
+        "scene",
+        "--quick",
+        "--threads",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--model-path",
+        str(tmp_path / "scene.pt"),
+    )
+    r = json.loads((tmp_path / "scene-quick.json").read_text())
+    assert set(r["region_auroc"]) == {"pixlm mean", "pixlm top-10%", "pixlm max", "MOG2"}
+    assert r["region_auroc"]["MOG2"] > 0.8  # the pasted bags are really there, where recorded
+    assert all(0 <= v <= 1 for v in (*r["region_auroc"].values(), *r["pixel_auroc"].values()))
+    assert r["settings"]["grid"] == [6, 8] and "| MOG2 |" in p.stdout
+    for name in ("scene-quick-roc.png", "scene-quick-heatmap.png"):
+        assert cv2.imread(str(tmp_path / name)) is not None
+
+
+def test_few_labels_quick(tmp_path):
+    pre = tmp_path / "pre.pt"
+    tiny = [a for a in TINY_TRAIN]
+    tiny[tiny.index("--max-images") + 1] = "2000"
+    tiny[tiny.index("--epochs") + 1] = "1"
+    run_cli("pixlm", "train", *tiny, "--label-weight", "0", "-o", str(pre))
+    p = run_cli(
+        "pixlm",
+        "study",
+        "few-labels",
+        "--quick",
+        "--pretrained",
+        str(pre),
+        "--threads",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--runs",
+        str(tmp_path / "runs"),
+    )
+    r = json.loads((tmp_path / "few-labels-quick.json").read_text())
+    assert set(r["runs"]) == {"10/0", "100/0"}
+    for run in r["runs"].values():
+        assert run["CNN from scratch"] > 0.5  # 100 labelled images already teach a CNN a lot
+        assert 0.1 <= run["pixlm linear probe"] <= 1 and 0 <= run["pixlm fine-tune"] <= 1
+    assert "| 10 |" in p.stdout and "| 100 |" in p.stdout
+    assert cv2.imread(str(tmp_path / "few-labels-quick.png")) is not None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["few-labels", "--pretrained", "/nonexistent.pt"], "no pretrained model"),
+        (["one-class", "--classes", "12"], "label indices are 0..9"),
+        (["scene", "--grid", "0x2"], "--grid"),
+    ],
+)
+def test_study_errors_are_one_line(tmp_path, args, message):
+    p = run_cli("pixlm", "study", *args, "--out", str(tmp_path), check=False)
+    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
