@@ -12,4 +12,4 @@ import os
 # It must be set before numpy loads; a value the user set wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,7 +139,7 @@ def parse_frame_range(text: str | None, n: int) -> slice:
     """ "A:B[:S]" -> frames A..B-1 (every S-th) of a clip of ``n``; numbers with a decimal point are
     fractions of the clip ("0:0.6" is the first 60%, "0.6:" the rest). None keeps every frame."""
     if text is None:
-        return slice(0, n)
+        return slice(0, n, 1)
     parts = text.split(":")
     try:
         if len(parts) not in (2, 3):
@@ -154,23 +156,44 @@ def parse_frame_range(text: str | None, n: int) -> slice:
     return slice(a, min(b, n), step)
 
 
-def read_frames(source: str | os.PathLike, channels: int) -> list[np.ndarray]:
-    """Every frame of a video file, or every image of a frame folder (sorted by name)."""
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def iter_frames(source: str | os.PathLike, channels: int) -> Iterator[np.ndarray]:
+    """The frames of a video file, or the images of a frame folder (sorted by name), one by one."""
     source = Path(source)
     if source.is_dir():
-        files = sorted(f for f in source.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        return [read_image(f, channels) for f in files]
+        for f in _frame_files(source):
+            yield read_image(f, channels)
+        return
     cap = cv2.VideoCapture(str(source))
     if not cap.isOpened():
         raise ValueError(f"{source}: cannot open video")
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+def read_frames(source: str | os.PathLike, channels: int) -> list[np.ndarray]:
+    """Every frame in memory (short clips: the studies' vtest.avi is about 1 GB decoded)."""
+    return list(iter_frames(source, channels))
+
+
+def frame_count(source: str | os.PathLike) -> int:
+    """Frames in a video (its header, else counted) or images in a frame folder."""
+    source = Path(source)
+    if source.is_dir():
+        return len(_frame_files(source))
+    cap = cv2.VideoCapture(str(source))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
-    return frames
+    return n if n > 0 else sum(1 for _ in iter_frames(source, 3))
 
 
 def load_frames(
@@ -184,21 +207,25 @@ def load_frames(
 
     ``frames`` keeps a range of them ("0:0.6": the first 60%); ``tile`` cuts each frame into the
     same ``rows x cols`` grid that ``pixlm run --grid`` streams, one training image per tile.
+    Frames are decoded one at a time, so only the prepared images are held.
     """
     from pixlm.runtime.stream import grid_regions
 
-    all_frames = read_frames(source, channels)
-    kept = all_frames[parse_frame_range(frames, len(all_frames))]
-    if not kept:
-        raise ValueError(f"{source}: no frames read" + (f" in range {frames}" if frames else ""))
+    span = parse_frame_range(frames, frame_count(source) if frames else sys.maxsize)
     images = []
-    for frame in kept:
+    for i, frame in enumerate(iter_frames(source, channels)):
+        if i >= span.stop:
+            break
+        if i < span.start or (i - span.start) % span.step:
+            continue
         if tile is None:
             images.append(tokenizer.prepare(frame))
             continue
         grey = tokenizer.match_channels(frame)  # as the runtime does: once per frame, then crops
         h, w = grey.shape[:2]
         images += [tokenizer.prepare(r.crop(grey)) for r in grid_regions(w, h, *tile)]
+    if not images:
+        raise ValueError(f"{source}: no frames read" + (f" in range {frames}" if frames else ""))
     return Dataset(np.stack(images), np.full(len(images), -1, dtype=np.int64), ())
 
 

@@ -158,6 +158,7 @@ class PixLM(nn.Module):
         keys = torch.arange(P + T, device=input_ids.device)
         return self.drop(x), keys[None, :] <= pos[:, None]  # mask (T, P+T) bool
 
+    @torch.no_grad()
     def features(self, tokens: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """(B, N) image tokens -> (B, d_model): what a linear probe reads (as in Image GPT).
 

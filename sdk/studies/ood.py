@@ -19,6 +19,7 @@ per pixel (Serrà et al. 2020); ``confidence``: 1 - the top label probability (H
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ def ood_sets(tok, video: str, n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def run(opts: OODOptions, log: Callable[[str], None] = print) -> dict:
+    t0 = time.time()
     model, tok, _ = checkpoint.load(opts.checkpoint or checkpoint.default_checkpoint())
     test = load_fashion_mnist(split="test")
     half = 500 if opts.quick else len(test) // 2
@@ -128,6 +130,7 @@ def run(opts: OODOptions, log: Callable[[str], None] = print) -> dict:
             + f"; unknown {r['rejected']:.1%}"
         )
     name = "ood-quick" if opts.quick else "ood"
+    results["seconds"] = round(time.time() - t0, 1)
     write_json(opts.out / f"{name}.json", results)
     panels = [
         line_plot(
