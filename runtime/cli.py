@@ -94,6 +94,14 @@ def ensure_default_bundle() -> Path:
     default=None,
     help="Bits per pixel above which a region raises an anomaly event.",
 )
+@click.option(
+    "--anomaly-score",
+    type=click.Choice(["mean", "peak"]),
+    default="mean",
+    show_default=True,
+    help="What --anomaly-threshold compares: the region's mean surprise, or that of its most "
+    "surprising tenth of tokens (peak: better for objects small in the region).",
+)
 @click.option("--stride", type=int, default=1, show_default=True, help="Keep every Nth frame of each source.")
 @click.option(
     "--realtime", is_flag=True, help="Pace files at their frame rate (default: as fast as possible)."
@@ -139,6 +147,7 @@ def run(
     show,
     max_frames,
     anomaly_threshold,
+    anomaly_score,
     stride,
     realtime,
     prefix_reuse,
@@ -208,6 +217,7 @@ def run(
             max_wait_ms=max_wait_ms,
             prefix_reuse=prefix_reuse,
             anomaly_threshold=anomaly_threshold,
+            anomaly_score=anomaly_score,
             nll_map=bool(save or show),
             max_frames=max_frames,
             stride=stride,
@@ -253,7 +263,7 @@ def _on_event(e, jsonl_sink) -> None:
 
 def _print_frame(fr) -> None:
     parts = [
-        f"{rr.region.name} {rr.result.describe()} anomaly {rr.result.anomaly:.3f}"
+        " ".join(filter(None, (rr.region.name, rr.result.describe(), f"anomaly {rr.result.anomaly:.3f}")))
         + (" EVENT" if rr.anomalous else "")
         for rr in fr.regions
     ]

@@ -73,6 +73,7 @@ class Result:
     score: float  # probability of ``label`` among the label tokens
     top_k: list[tuple[str, float]]
     anomaly: float  # mean negative log-likelihood of the image, bits per pixel
+    anomaly_peak: float = 0.0  # the same over its most surprising tenth of tokens (small objects)
     nll_map: np.ndarray | None = None  # (grid rows, grid cols) bits per token, when asked for
     timings: dict[str, float] = field(default_factory=dict)  # ms: tokenize, infer, post
     reused_tokens: int = 0  # prefix reuse: tokens whose KV came from the previous frame
@@ -80,8 +81,11 @@ class Result:
     ood_score: float | None = None  # the open-set gate's distance (None: no gate); see pixlm.runtime.novelty
 
     def describe(self) -> str:
-        """'Bag 0.97', or 'unknown' for an input the open-set gate rejected (overlay, stdout)."""
-        return f"{self.label} {self.score:.2f}" if self.known else self.label
+        """'Bag 0.97'; 'unknown' for an input the open-set gate rejected; '' for a label-free model
+        (a scene model: only its anomaly score means something). For the overlay and stdout."""
+        if not self.label or not self.known:
+            return self.label
+        return f"{self.label} {self.score:.2f}"
 
     def to_dict(self) -> dict:
         """The JSON form (JSON Lines schema, see README)."""
@@ -91,6 +95,7 @@ class Result:
             "score": round(self.score, 6),
             "top_k": [[name, round(p, 6)] for name, p in self.top_k],
             "anomaly": round(self.anomaly, 6),
+            "anomaly_peak": round(self.anomaly_peak, 6),
             "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
             "reused_tokens": self.reused_tokens,
         }
@@ -332,6 +337,8 @@ class Recognizer:
         if self.gate is not None:
             scores = self.ood_scores(tokens, nll, probs)
             known, ood = scores <= self.gate.threshold, scores.tolist()
+        k = max(1, nll.shape[1] // 10)
+        peak = np.partition(nll, -k, axis=1)[:, -k:].mean(1) / self.pixels_per_token
         out = []
         rows, cols = self.tokenizer.grid
         for i in range(len(tokens)):
@@ -344,6 +351,7 @@ class Recognizer:
                     score=float(probs[i, best]) if best >= 0 else 0.0,
                     top_k=[(self.labels[k], float(probs[i, k])) for k in order],
                     anomaly=float(nll[i].mean() / self.pixels_per_token),
+                    anomaly_peak=float(peak[i]),
                     nll_map=nll[i].reshape(rows, cols).astype(np.float32) if nll_map else None,
                     known=bool(known[i]),
                     ood_score=ood[i],

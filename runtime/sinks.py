@@ -147,7 +147,7 @@ def draw_overlay(fr: FrameResult, fps: float) -> np.ndarray:
             roi[:] = cv2.addWeighted(roi, 0.65, coloured, 0.35, 0)
         colour = (0, 0, 255) if rr.anomalous else (0, 255, 0)
         cv2.rectangle(image, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), colour, 2)
-        text = f"{res.describe()} | {res.anomaly:.2f} b/px"
+        text = " | ".join(filter(None, (res.describe(), f"{res.anomaly:.2f} b/px")))
         cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3)
         cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
     label = f"{fps:.1f} FPS  frame {fr.index}"

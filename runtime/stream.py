@@ -27,6 +27,10 @@ import numpy as np
 from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, put_unless_stopped
 
+# What --anomaly-threshold compares, by name: the region's mean surprise, or the mean of its most
+# surprising tenth of tokens (better for small objects: README, "A static camera's scene").
+ANOMALY_SCORES = {"mean": "anomaly", "peak": "anomaly_peak"}
+
 
 @dataclass(frozen=True)
 class Region:
@@ -163,6 +167,7 @@ class Streamer:
         max_wait_ms: float = 20.0,
         prefix_reuse: bool = True,
         anomaly_threshold: float | None = None,
+        anomaly_score: str = "mean",
         nll_map: bool = False,
         max_frames: int | None = None,
         stride: int = 1,
@@ -180,11 +185,14 @@ class Streamer:
             raise ValueError("give regions of interest or a grid, not both")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if anomaly_score not in ANOMALY_SCORES:
+            raise ValueError(f"anomaly_score must be one of {ANOMALY_SCORES}, got {anomaly_score!r}")
         self.rec = recognizer
         self.uris = list(sources)
         self.rois, self.grid = rois, grid
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse, self.threshold = prefix_reuse, anomaly_threshold
+        self.score_field = ANOMALY_SCORES[anomaly_score]  # the Result field events compare
         self.nll_map = nll_map or anomaly_threshold is not None
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
@@ -362,7 +370,8 @@ class Streamer:
             for r in p.regions:
                 res = results[k]
                 k += 1
-                rr.append(RegionResult(r, res, self.threshold is not None and res.anomaly > self.threshold))
+                hot = self.threshold is not None and getattr(res, self.score_field) > self.threshold
+                rr.append(RegionResult(r, res, hot))
             f = p.frame
             out.append(FrameResult(f.source, f.index, f.timestamp, f.image, rr, 1e3 * (now - f.timestamp)))
         t3 = time.perf_counter()

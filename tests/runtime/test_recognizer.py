@@ -102,6 +102,23 @@ def test_anomaly_threshold_raises_events(rec):
     assert out[0].regions[0].result.nll_map is not None
 
 
+def test_peak_anomaly_score_finds_what_the_mean_dilutes(rec, frames):
+    """`anomaly_peak` is the mean surprise of a region's most surprising tenth of tokens, so it is
+    never below `anomaly`; events on it fire where a mean-based threshold stays quiet."""
+    r = rec.predict(frames[0], nll_map=True)
+    top = np.sort(r.nll_map.ravel())[-max(1, r.nll_map.size // 10) :]
+    assert r.anomaly_peak == pytest.approx(top.mean() / rec.pixels_per_token, rel=1e-5)
+    assert r.anomaly_peak > r.anomaly and r.to_dict()["anomaly_peak"] == round(r.anomaly_peak, 6)
+    threshold = (r.anomaly + r.anomaly_peak) / 2
+    flagged = {}
+    for score in ("mean", "peak"):
+        with Streamer(rec, [str(VTEST)], max_frames=1, anomaly_threshold=threshold, anomaly_score=score) as s:
+            flagged[score] = next(iter(s)).regions[0].anomalous
+    assert flagged == {"mean": False, "peak": True}
+    with pytest.raises(ValueError, match="anomaly_score"):
+        Streamer(rec, [str(VTEST)], anomaly_score="max")
+
+
 def test_region_outside_the_frame_names_the_source(rec):
     with pytest.raises(ValueError, match="vtest.avi: region .* outside the 768x576 frame"):
         with Streamer(rec, [str(VTEST)], rois=[(700, 500, 100, 100)], max_frames=1) as s:
