@@ -5,6 +5,7 @@ The CLI runs in a subprocess whose ``import torch`` is blocked, as on a camera b
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -52,7 +53,9 @@ def test_video_grid_jsonl_and_overlay(tiny_bundle, tmp_path):
     assert len(results) == 160 and sorted({r["frame"] for r in results}) == list(range(40))
     assert {r["region"]["name"] for r in results} == {"r0c0", "r0c1", "r1c0", "r1c1"}
     r = results[0]
-    assert r["source"].endswith("vtest.avi") and r["label"] in [name for name, _ in r["top_k"]]
+    assert r["source"].endswith("vtest.avi")
+    for r in results:  # the tiny model's open-set gate calls street regions unknown, or labels them
+        assert r["label"] == (r["top_k"][0][0] if r["known"] else "unknown")
     assert set(r["timings_ms"]) == {"tokenize", "infer", "post"} and isinstance(r["anomaly_event"], bool)
     assert any(x["type"] == "status" and x["status"] == "ok" for x in records)
     assert frames_in(mp4) == 40 and not list(tmp_path.glob("*.partial.*"))
@@ -172,6 +175,8 @@ def test_bench_prints_its_tables(tiny_bundle):
     assert p.returncode == 0, p.stderr
     for words in ("engine only", "end to end", "prefix reuse hit rate", "growth from frame 1,000 to 1,200"):
         assert words in p.stdout
-    assert (
-        "max abs difference reuse vs full recompute (score, bits) | 0.0e+00" in p.stdout or "e-0" in p.stdout
-    )
+    # reuse is exact with the fp32 file: the printed difference is a number, and tiny
+    diff = re.search(r"reuse vs full recompute \(score, bits\) \| ([0-9.e+-]+) \|", p.stdout)
+    assert diff and float(diff.group(1)) <= 1e-4, p.stdout
+    gate = re.search(r"open-set gate \('unknown'\): (\d+) µs per region \| ([\d,]+) \|", p.stdout)
+    assert gate and int(gate.group(1)) > 0, p.stdout  # its cost, measured
