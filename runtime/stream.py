@@ -27,6 +27,13 @@ import numpy as np
 from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, put_unless_stopped
 
+MAX_REGIONS = 1024  # regions per frame: beyond it a grid is a typo, and memory grows with it
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 # What --anomaly-threshold compares, by name: the region's mean surprise, or the mean of its most
 # surprising tenth of tokens (better for small objects: README, "A static camera's scene").
 ANOMALY_SCORES = {"mean": "anomaly", "peak": "anomaly_peak"}
@@ -185,6 +192,8 @@ class Streamer:
             raise ValueError("give regions of interest or a grid, not both")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if grid is not None and grid[0] * grid[1] > MAX_REGIONS:
+            raise ValueError(f"grid {grid[0]}x{grid[1]}: more than {MAX_REGIONS} regions per frame")
         if anomaly_score not in ANOMALY_SCORES:
             raise ValueError(f"anomaly_score must be one of {ANOMALY_SCORES}, got {anomaly_score!r}")
         self.rec = recognizer
@@ -326,6 +335,13 @@ class Streamer:
             h, w = frame.image.shape[:2]
             if self.grid is not None:
                 regions = grid_regions(w, h, *self.grid)
+                tw, th = min(r.w for r in regions), min(r.h for r in regions)
+                c = self.rec.tokenizer.config
+                if tw < c.width or th < c.height:
+                    raise ValueError(
+                        f"{frame.source}: grid {self.grid[0]}x{self.grid[1]} cuts the {w}x{h} frame into "
+                        f"{tw}x{th}-pixel tiles, smaller than the model's {c.width}x{c.height} input"
+                    )
             elif self.rois is not None:
                 rois = self.rois.get(frame.source, []) if isinstance(self.rois, dict) else self.rois
                 regions = [Region(f"roi{i}", *map(int, r)) for i, r in enumerate(rois)]
@@ -342,10 +358,13 @@ class Streamer:
         keys = [(p.frame.source, r.name) for p in batch for r in p.regions]
         tokens = np.concatenate([p.tokens for p in batch])
         t1 = time.perf_counter()
+        # No engine call exceeds max_batch regions, nor the engine's own limit (TensorRT profiles):
+        # a frame of many regions is split over several calls.
+        cap = min(self.max_batch, getattr(rec.engine, "max_batch", None) or self.max_batch)
+        results: list = [None] * len(keys)
         if self.prefix_reuse:
             # A region seen twice in one batch (several frames of one file) must reuse its own
             # previous frame: run the batch in waves, each holding a region at most once.
-            results: list = [None] * len(keys)
             seen: dict[tuple[str, str], int] = {}
             waves: list[list[int]] = []
             for i, key in enumerate(keys):
@@ -354,14 +373,17 @@ class Streamer:
                     waves.append([])
                 waves[w].append(i)
             for wave in waves:
-                memory = [self._memory.get(keys[i]) for i in wave]
-                for i, r in zip(
-                    wave, rec.predict_tokens_reusing(tokens[wave], memory, self.nll_map), strict=True
-                ):
-                    results[i] = r
-                self._memory.update((keys[i], m) for i, m in zip(wave, memory, strict=True))
+                for part in _chunks(wave, cap):
+                    memory = [self._memory.get(keys[i]) for i in part]
+                    for i, r in zip(
+                        part, rec.predict_tokens_reusing(tokens[part], memory, self.nll_map), strict=True
+                    ):
+                        results[i] = r
+                    self._memory.update((keys[i], m) for i, m in zip(part, memory, strict=True))
         else:
-            results = rec.predict_tokens(tokens, nll_map=self.nll_map)
+            for part in _chunks(list(range(len(keys))), cap):
+                for i, r in zip(part, rec.predict_tokens(tokens[part], nll_map=self.nll_map), strict=True):
+                    results[i] = r
         t2 = time.perf_counter()
         out, k = [], 0
         now = time.time()

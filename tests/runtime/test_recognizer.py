@@ -135,3 +135,44 @@ def test_bad_sources_and_bundles_are_clear_errors(rec, tmp_path):
         Recognizer.open(rec.bundle, backend="ort-cuda")
     with pytest.raises(BackendUnavailable, match="ort-trt"):
         Recognizer.open(rec.bundle, backend="ort-trt")
+
+
+class _CountingEngine:
+    """The real ONNX Runtime engine, recording the batch size of every call it gets."""
+
+    def __init__(self, engine, max_batch=None):
+        self._engine, self.batches = engine, []
+        if max_batch is not None:
+            self.max_batch = max_batch
+        for name in ("n_layer", "n_head", "head_dim", "vocab_size"):
+            setattr(self, name, getattr(engine, name))
+
+    def run(self, ids, past=None):
+        self.batches.append(len(ids))
+        return self._engine.run(ids, past)
+
+    def prefill(self, ids):
+        self.batches.append(len(ids))
+        return self._engine.prefill(ids)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_no_engine_call_exceeds_the_batch_cap(tiny_bundle, reuse):
+    """A 4x5 grid and --batch 4 made engine calls of 20 regions (issue 11, A1); an engine's own
+    limit (a TensorRT profile's max batch) caps them too."""
+    rec = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
+    real = rec.engine
+    for cap, engine_max, expect in ((4, None, 4), (16, 3, 3)):
+        rec.engine = spy = _CountingEngine(real, engine_max)
+        with Streamer(rec, [str(VTEST)], grid=(4, 5), max_batch=cap, max_frames=6, prefix_reuse=reuse) as s:
+            out = list(s)
+        assert len(out) == 6 and all(len(fr.regions) == 20 for fr in out)
+        assert max(spy.batches) == expect and len(spy.batches) >= 20 // expect  # the first frame alone
+
+
+def test_grids_too_fine_or_too_large_are_refused(rec):
+    with pytest.raises(ValueError, match=r"grid 30x30 cuts the 768x576 frame into 25x19-pixel tiles"):
+        with Streamer(rec, [str(VTEST)], grid=(30, 30), max_frames=1) as s:
+            list(s)
+    with pytest.raises(ValueError, match="more than 1024 regions"):
+        Streamer(rec, [str(VTEST)], grid=(100, 100))
