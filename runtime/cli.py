@@ -6,6 +6,7 @@ No torch here: this is what the camera box runs. The ``pixlm`` group (sdk/cli.py
 from __future__ import annotations
 
 import importlib.util
+import math
 import signal
 import subprocess
 import sys
@@ -14,6 +15,21 @@ from pathlib import Path
 import click
 
 from pixlm.runtime.recognizer import BACKENDS, default_bundle_dir
+
+
+class _Finite(click.ParamType):
+    """A float that is a number: 'nan' and 'inf' are refused (a NaN threshold never fires)."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        v = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+FINITE = _Finite()
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -80,17 +96,23 @@ def ensure_default_bundle() -> Path:
     callback=lambda ctx, param, value: parse_grid(value),
     help="Split each frame into R x C tiles.",
 )
-@click.option("--batch", type=int, default=16, show_default=True, help="Most regions per engine call.")
 @click.option(
-    "--max-wait-ms", type=float, default=20.0, show_default=True, help="Longest wait to fill a batch."
+    "--batch", type=click.IntRange(min=1), default=16, show_default=True, help="Most regions per engine call."
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=20.0,
+    show_default=True,
+    help="Longest wait to fill a batch.",
 )
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Write JSON Lines results here.")
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write an overlay video (.mp4).")
 @click.option("--show", is_flag=True, help="Show a window (needs a GUI build of OpenCV).")
-@click.option("--max-frames", type=int, default=None, help="Stop after N frames in all.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames in all.")
 @click.option(
     "--anomaly-threshold",
-    type=float,
+    type=FINITE,
     default=None,
     help="Bits per pixel above which a region raises an anomaly event.",
 )
@@ -102,7 +124,13 @@ def ensure_default_bundle() -> Path:
     help="What --anomaly-threshold compares: the region's mean surprise, or that of its most "
     "surprising tenth of tokens (peak: better for objects small in the region).",
 )
-@click.option("--stride", type=int, default=1, show_default=True, help="Keep every Nth frame of each source.")
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Keep every Nth frame of each source.",
+)
 @click.option(
     "--realtime", is_flag=True, help="Pace files at their frame rate (default: as fast as possible)."
 )
@@ -119,18 +147,22 @@ def ensure_default_bundle() -> Path:
     help="Label regions unlike the model's training data 'unknown' (the bundle's open-set gate); "
     "--no-unknown always gives the best label, as a closed-set classifier.",
 )
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=5.0,
     show_default=True,
     help="Seconds of silence before a live source is reopened.",
 )
-@click.option("--reconnect-attempts", type=int, default=10, show_default=True)
+@click.option("--reconnect-attempts", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option(
-    "--metrics-every", type=float, default=5.0, show_default=True, help="Seconds between metrics lines."
+    "--metrics-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between metrics lines.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No per-frame lines on stdout.")
 def run(

@@ -140,6 +140,16 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         ([str(VTEST), "--grid", "2by2"], "2x2"),
         ([str(VTEST), "--show"], "--show needs OpenCV with a GUI"),
         ([str(VTEST), "--save", "/nonexistent-dir/out.mp4"], "not writable"),
+        # options out of range are refused before anything starts (issue 11, A8)
+        ([str(VTEST), "--max-frames", "0"], "Invalid value for '--max-frames'"),
+        ([str(VTEST), "--max-frames", "-1"], "Invalid value for '--max-frames'"),
+        ([str(VTEST), "--timeout", "0"], "Invalid value for '--timeout'"),
+        ([str(VTEST), "--threads", "-1"], "Invalid value for '--threads'"),
+        ([str(VTEST), "--max-wait-ms", "-5"], "Invalid value for '--max-wait-ms'"),
+        ([str(VTEST), "--anomaly-threshold", "nan"], "Invalid value for '--anomaly-threshold'"),
+        ([str(VTEST), "--batch", "0"], "Invalid value for '--batch'"),
+        ([str(VTEST), "--stride", "0"], "Invalid value for '--stride'"),
+        ([str(VTEST), "--grid", "0x2"], "Invalid value for '--grid'"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_bundle, args, words):
