@@ -134,6 +134,7 @@ class Bundle:
         for key in (mf.K_MODEL, mf.K_TOKENIZER, mf.K_LABELS, mf.K_VOCAB, mf.K_IO, mf.K_FILES):
             if key not in manifest:
                 raise BundleError(f"{man_path}: missing key {key!r}")
+        _check_types(man_path, manifest)
         tokenizer = _tokenizer(man_path, manifest)
         files = {}
         for key, entry in manifest[mf.K_FILES].items():
@@ -154,6 +155,42 @@ def _gates(man_path: Path, manifest: dict) -> dict[str, OODGate]:
         except ValueError as e:
             raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: {e}") from None
     return gates
+
+
+# The manifest's typed schema: what each top-level key must be (beyond "present").
+_OBJECTS = (mf.K_MODEL, mf.K_TOKENIZER, mf.K_VOCAB, mf.K_IO, mf.K_FILES, mf.K_METRICS, mf.K_RECOMMENDED)
+_MODEL_INTS = {"n_codes": 2, "n_labels": 0, "grid_h": 1, "grid_w": 1, "n_layer": 1, "n_head": 1, "d_model": 1}
+
+
+def _check_types(man_path: Path, manifest: dict) -> None:
+    """Types and ranges of the manifest's fields; one ``BundleError`` naming the first bad one."""
+    for key in _OBJECTS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise BundleError(f"{man_path}: {key!r} must be an object, got {type(manifest[key]).__name__}")
+    labels = manifest[mf.K_LABELS]
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise BundleError(f"{man_path}: 'labels' must be a list of non-empty strings, got {labels!r:.60}")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{man_path}: 'labels' repeats a name")
+    model = manifest[mf.K_MODEL]
+    for name, least in _MODEL_INTS.items():
+        v = model.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise BundleError(f"{man_path}: model.{name} must be an integer >= {least}, got {v!r}")
+    if model["d_model"] % model["n_head"]:
+        raise BundleError(f"{man_path}: model.d_model {model['d_model']} is not a multiple of n_head")
+    if len(labels) != model["n_labels"]:
+        raise BundleError(f"{man_path}: {len(labels)} labels, but model.n_labels is {model['n_labels']}")
+
+
+def check_engine(bundle: Bundle, engine, key: str) -> None:
+    """The model file's graph must have the manifest's shape: layers (its KV inputs), heads, vocabulary."""
+    m = bundle.model_config
+    want = {"n_layer": m["n_layer"], "n_head": m["n_head"], "vocab_size": bundle.vocabulary.get("size")}
+    got = {k: getattr(engine, k, None) for k in want}
+    for k, v in want.items():
+        if got[k] is not None and got[k] != v:
+            raise BundleError(f"{bundle.path(key)}: the graph has {k} {got[k]}, the manifest says {v}")
 
 
 def _tokenizer(man_path: Path, manifest: dict) -> Tokenizer:

@@ -63,9 +63,13 @@ class OrtEngine:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.path = str(onnx_path)
-        self.session = ort.InferenceSession(
-            self.path, options, providers=providers or ["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                self.path, options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({first})") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         self.n_layer = sum(1 for name in inputs if name.endswith(".key"))

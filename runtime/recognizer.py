@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixlm.runtime.bundle import Bundle, BundleError, sha256_of
+from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of
 from pixlm.runtime.engine import KV, Engine, OrtEngine
 from pixlm.runtime.novelty import OODGate, features, png_bits_per_pixel
 
@@ -169,8 +169,6 @@ class Recognizer:
                     "or pass --bundle DIR"
                 )
             bundle = Bundle.load(path)
-        if bundle.model_config.get("n_labels", len(bundle.labels)) != len(bundle.labels):
-            raise BundleError(f"{bundle.root}: labels do not match the model's label tokens")
         if backend == "auto":
             backend = _auto_backend(bundle)
         if backend == "tensorrt":
@@ -179,6 +177,7 @@ class Recognizer:
             key = precision or bundle.recommended("tensorrt")
             meta = bundle.files[key].path.with_suffix(".json")
             engine = TrtEngine(bundle.path(key), meta if meta.exists() else None)
+            check_engine(bundle, engine, key)
             return cls(bundle, engine, backend, key, top_k, unknown)
         key = precision or bundle.recommended("cpu")
         if precision is None and exact_reuse and "dynamic" in key and "fp32" in bundle.files:
@@ -186,7 +185,11 @@ class Recognizer:
         if backend == "ort-trt" and precision is None and "int8" in bundle.files:
             key = "int8"  # the QDQ model: TensorRT's explicit INT8
         providers = _providers(backend, trt_cache_dir or (bundle.root / "trt-cache"))
-        engine = OrtEngine(bundle.path(key), providers=providers, threads=threads)
+        try:
+            engine = OrtEngine(bundle.path(key), providers=providers, threads=threads)
+        except ValueError as e:  # a damaged or foreign file whose checksum the manifest agrees with
+            raise BundleError(str(e)) from None
+        check_engine(bundle, engine, key)
         return cls(bundle, engine, backend, key, top_k, unknown)
 
     # -- one pass over whole images ------------------------------------------------------------

@@ -93,6 +93,13 @@ def test_truncated_and_missing_files(bundle_dir):
         (lambda m: m[mf.K_MODEL].update(n_codes=3), "model n_codes 3"),
         (lambda m: m[mf.K_FILES][mf.FP32].update(path="../model.fp32.onnx"), "outside the bundle"),
         (lambda m: m[mf.K_FILES][mf.FP32].update(path="/etc/hostname"), "outside the bundle"),
+        # typed schema (issue 11, A3 and A4): each wrong type is one BundleError naming the field
+        (lambda m: m.update({mf.K_FILES: list(m[mf.K_FILES].values())}), "'files' must be an object"),
+        (lambda m: m.update({mf.K_LABELS: "0123456789"}), "'labels' must be a list of non-empty strings"),
+        (lambda m: m[mf.K_LABELS].append("extra"), "11 labels, but model.n_labels is 10"),
+        (lambda m: m[mf.K_MODEL].update(n_layer="2"), "model.n_layer must be an integer >= 1"),
+        (lambda m: m[mf.K_MODEL].update(n_head=0), "model.n_head must be an integer >= 1"),
+        (lambda m: m.update({mf.K_METRICS: []}), "'metrics' must be an object"),
     ],
 )
 def test_bad_manifest_is_one_clear_error(bundle_dir, change, message):
@@ -132,3 +139,26 @@ def test_default_bundle_dir_names_version_and_model_hash(monkeypatch, tmp_path):
     model = resources.files("pixlm") / "models" / "fashion-mnist.pt"
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:8]
     assert default_bundle_dir() == tmp_path / f"default-{__version__}-{digest}"
+
+
+def test_a_file_onnx_runtime_cannot_read_is_a_bundle_error(bundle_dir):
+    """A truncated model whose manifest size and sha256 were updated to match (issue 11, A3)."""
+    from pixlm.runtime.bundle import sha256_of
+    from pixlm.runtime.recognizer import Recognizer
+
+    onnx_file = bundle_dir / "model.fp32.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:5000])
+    edit_manifest(
+        bundle_dir,
+        lambda m: m[mf.K_FILES][mf.FP32].update(sha256=sha256_of(onnx_file), bytes=5000),
+    )
+    with pytest.raises(BundleError, match="ONNX Runtime cannot load it"):
+        Recognizer.open(bundle_dir, backend="ort-cpu", precision="fp32")
+
+
+def test_manifest_shape_must_match_the_graph(bundle_dir):
+    from pixlm.runtime.recognizer import Recognizer
+
+    edit_manifest(bundle_dir, lambda m: m[mf.K_MODEL].update(n_head=1))
+    with pytest.raises(BundleError, match="the graph has n_head 2, the manifest says 1"):
+        Recognizer.open(bundle_dir, backend="ort-cpu", precision="fp32")

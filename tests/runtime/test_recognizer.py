@@ -176,3 +176,9 @@ def test_grids_too_fine_or_too_large_are_refused(rec):
             list(s)
     with pytest.raises(ValueError, match="more than 1024 regions"):
         Streamer(rec, [str(VTEST)], grid=(100, 100))
+
+
+def test_top_k_below_one_is_refused(tiny_bundle):
+    """top_k=0 returned an empty label (issue 11, A9)."""
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", top_k=0)
