@@ -210,9 +210,15 @@ def run(
 
     if roi and grid:
         raise click.UsageError("give --roi or --grid, not both")
+    import os
+
+    os.environ.setdefault(
+        "OPENCV_FFMPEG_LOGLEVEL", "-8"
+    )  # FFmpeg's own messages: quiet (status events say it)
     import cv2
 
     cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
     sinks: list = []
     streamer = None
     stopped_by = None
@@ -276,6 +282,11 @@ def run(
     finally:
         for sink in sinks:
             sink.close()
+    if stopped_by is None and streamer is not None:
+        failed = [s.name for s in streamer.sources if s.status == "error"]
+        if n == 0 or len(failed) == len(streamer.sources):
+            what = "no source delivered a frame" if n == 0 else "every source ended in error"
+            raise click.ClickException(f"{what} ({n} frames; see the status lines above)")
     msg = f"{n} frames from {len(sources)} source(s)"
     if jsonl:
         msg += f"; results in {jsonl}"

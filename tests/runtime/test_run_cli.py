@@ -190,3 +190,24 @@ def test_bench_prints_its_tables(tiny_bundle):
     assert diff and float(diff.group(1)) <= 1e-4, p.stdout
     gate = re.search(r"open-set gate \('unknown'\): (\d+) µs per region \| ([\d,]+) \|", p.stdout)
     assert gate and int(gate.group(1)) > 0, p.stdout  # its cost, measured
+
+
+def test_no_source_delivering_is_an_error_with_clean_output(tiny_bundle):
+    """A camera that never answers: exit 1 with one Error line, each status printed once, and no
+    FFmpeg or OpenCV warnings (issue 11, A5 and A9)."""
+    p = pixlm_run(
+        "rtsp://127.0.0.1:1/nothing",
+        "--bundle",
+        str(tiny_bundle),
+        "--reconnect-attempts",
+        "1",
+        "--timeout",
+        "1",
+        "-q",
+    )
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode == 1, stderr
+    lines = stderr.splitlines()
+    assert lines[-1] == "Error: no source delivered a frame (0 frames; see the status lines above)"
+    assert sum("gave up after 1 reconnect attempts" in line for line in lines) == 1, stderr
+    assert not any(line.startswith(("[tcp", "[ WARN", "source ")) for line in lines), stderr
