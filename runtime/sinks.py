@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +24,13 @@ class JsonlSink:
     """One JSON object per line: a ``result`` per region of each frame, plus ``status`` events.
 
     Each line is written whole and flushed, so a reader (``tail -f``) never sees half a record.
+    Results come from the main thread and status events from the sources' reader threads: one lock
+    serialises them, and an event that arrives after ``close`` is dropped instead of raising.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
@@ -34,8 +38,7 @@ class JsonlSink:
             raise ValueError(f"{self.path}: cannot write JSON Lines ({e.strerror})") from e
 
     def write(self, fr: FrameResult) -> None:
-        self._f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fr.records()))
-        self._f.flush()
+        self._write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fr.records()))
 
     def event(self, e: SourceEvent) -> None:
         rec = {
@@ -45,14 +48,20 @@ class JsonlSink:
             "timestamp": round(e.time, 6),
             "message": e.message,
         }
-        self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self._f.flush()
+        self._write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            if not self._f.closed:
+                self._f.write(text)
+                self._f.flush()
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+        with self._lock:
+            if not self._f.closed:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
 
 
 class VideoSink:
