@@ -253,9 +253,9 @@ class Recognizer:
             for r, i in enumerate(fresh):
                 memory[i] = _Prefix(
                     tokens[i].copy(),
-                    [(k[r : r + 1], v[r : r + 1]) for k, v in present],
+                    _own_rows(present, r),
                     _log_softmax(logits[r, :-1, : self.n_codes]),
-                    logits[r, -1, self.n_codes + 1 :],
+                    logits[r, -1, self.n_codes + 1 :].copy(),
                 )
         if partial:
             # One call for all the others, from their smallest first change j: recomputing a few
@@ -273,9 +273,9 @@ class Recognizer:
             for r, i in enumerate(partial):
                 m = memory[i]
                 m.tokens = tokens[i].copy()
-                m.past = [(k[r : r + 1], v[r : r + 1]) for k, v in present]
+                m.past = _own_rows(present, r)
                 m.logp = np.concatenate([m.logp[: j + 1], _log_softmax(logits[r, :-1, : self.n_codes])])
-                m.label_logits = logits[r, -1, self.n_codes + 1 :]
+                m.label_logits = logits[r, -1, self.n_codes + 1 :].copy()
                 first_change[i] = j
         label_logits = np.stack([m.label_logits for m in memory])
         logp = np.stack([m.logp for m in memory])
@@ -361,6 +361,12 @@ class Recognizer:
                 )
             )
         return out
+
+
+def _own_rows(present: list[KV], r: int) -> list[KV]:
+    """Row ``r`` of every layer's KV, copied: a view would keep the whole batch's arrays alive for as
+    long as the region is remembered (all regions of a batch pinned 16 caches each)."""
+    return [(k[r : r + 1].copy(), v[r : r + 1].copy()) for k, v in present]
 
 
 def _first_change(memory: _Prefix | None, tokens: np.ndarray, n: int) -> int:

@@ -182,3 +182,16 @@ def test_top_k_below_one_is_refused(tiny_bundle):
     """top_k=0 returned an empty label (issue 11, A9)."""
     with pytest.raises(ValueError, match="top_k must be at least 1"):
         Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", top_k=0)
+
+
+def test_prefix_memory_owns_its_arrays(rec, frames):
+    """Each region's remembered KV cache and label logits are its own arrays, not views that keep a
+    whole batch's outputs alive (issue 11, B7)."""
+    regions = grid_regions(frames[0].shape[1], frames[0].shape[0], 2, 2)
+    memory = [None] * len(regions)
+    for f in frames[:3]:  # a first full prefill, then partial recomputes
+        rec.predict_tokens_reusing(rec.tokenizer.encode_batch([r.crop(f) for r in regions]), memory)
+    for m in memory:
+        for k, v in m.past:
+            assert k.base is None and v.base is None and k.shape[0] == 1
+        assert m.label_logits.base is None
