@@ -7,6 +7,7 @@ The reader is ``pixlm.runtime.bundle.Bundle``; every key comes from ``pixlm.runt
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -51,22 +52,69 @@ def staged(out_dir: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
 
 def publish(stage: Path, out_dir: Path, force: bool) -> None:
-    """Rename ``stage`` to ``out_dir``; with ``force`` the old folder is moved aside first."""
-    old = None
-    if out_dir.exists():
-        if not force:
-            raise OutputExistsError(f"{out_dir} appeared during the export; pass --force to replace it")
+    """Make ``stage`` the bundle at ``out_dir``, durably and without a moment where it is missing.
+
+    Every file and the folder are fsynced first. A new ``out_dir`` is one rename. An existing one
+    (``force``) is swapped with the stage in one atomic ``renameat2(RENAME_EXCHANGE)`` (Linux), so a
+    reader sees the old bundle or the new one, never neither; elsewhere it falls back to two renames.
+    """
+    _fsync_tree(stage)
+    if not out_dir.exists():
+        os.replace(stage, out_dir)
+    elif not force:
+        raise OutputExistsError(f"{out_dir} appeared during the export; pass --force to replace it")
+    elif _exchange(stage, out_dir):
+        shutil.rmtree(stage, ignore_errors=True)  # now holds the previous bundle
+    else:
         old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
         os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(stage, out_dir)
-    except BaseException:
-        if old is not None:  # put the previous bundle back
-            os.replace(old / out_dir.name, out_dir)
+        try:
+            os.replace(stage, out_dir)
+        except BaseException:
+            os.replace(old / out_dir.name, out_dir)  # put the previous bundle back
+            raise
+        finally:
             shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(out_dir.parent)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # old kernel or file system
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_entry(root: Path, name: str, precision: str, fmt: str, **extra) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -130,3 +131,34 @@ def test_tensorrt_missing_is_explained(tiny_checkpoint, tmp_path):
         pass
     r = export(str(tiny_checkpoint), "-o", str(tmp_path / "b"), *FAST, "--tensorrt")
     assert r.exit_code == 1 and "TensorRT is not installed" in r.output and "JetPack" in r.output
+
+
+def test_publishing_over_a_bundle_never_leaves_it_missing(tmp_path, monkeypatch):
+    """Replacing a bundle (--force): at no rename is OUT_DIR absent, and the new files are fsynced
+    before they are published (issue 11, B8)."""
+    from pixlm.export.bundle import publish
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("old")
+    stage = tmp_path / ".bundle.partial-x"
+    stage.mkdir()
+    (stage / "manifest.json").write_text("new")
+    missing, synced = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(a, b):
+        real_replace(a, b)
+        missing.append(not (out / "manifest.json").exists())
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    publish(stage, out, force=True)
+    assert (out / "manifest.json").read_text() == "new" and not stage.exists()
+    assert not any(missing), "OUT_DIR was missing after a rename"
+    assert str(out / "manifest.json") in synced or str(stage / "manifest.json") in synced
+    assert str(tmp_path) in synced  # the folder holding the rename
