@@ -84,6 +84,7 @@ class VideoSink:
         }
         self._writers: dict[str, tuple[cv2.VideoWriter, Path, Path]] = {}
         self._clock: dict[str, list[float]] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}  # each writer's frame size: the source's first
 
     def write(self, fr: FrameResult) -> None:
         image = draw_overlay(fr, self._fps(fr.source))
@@ -95,6 +96,10 @@ class VideoSink:
             if not writer.isOpened():
                 raise ValueError(f"{final}: OpenCV cannot write this video")
             self._writers[fr.source] = (writer, tmp, final)
+            self._sizes[fr.source] = (image.shape[1], image.shape[0])
+        size = self._sizes[fr.source]
+        if (image.shape[1], image.shape[0]) != size:  # a source whose frame size changed mid-run
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         self._writers[fr.source][0].write(image)
 
     def _fps(self, source: str) -> float:

@@ -114,6 +114,7 @@ class Metrics:
     STAGES = ("capture_wait", "tokenize", "infer", "post")
 
     def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}  # frames whose size cannot serve the regions (running total)
         self.reset()
 
     def reset(self) -> None:
@@ -129,6 +130,7 @@ class Metrics:
         fps = " ".join(f"{s.name}={self.frames.get(s.name, 0) / dt:.1f}" for s in sources)
         dropped = sum(s.stats().dropped for s in sources)
         corrupt = sum(s.stats().corrupt for s in sources)
+        skipped = sum(self.skipped.values())
         lat = f"{np.median(self.latency):.1f}" if self.latency else "-"
         st = rec.stats
         hit = ""
@@ -136,7 +138,8 @@ class Metrics:
             hit = f" | prefix reuse: hits {st['reuse_hits']}/{st['frames']}, tokens saved "
             hit += f"{st['tokens_saved']}/{st['tokens_total']}"
         return (
-            f"[metrics] ms/frame {stages} | fps {fps} | dropped {dropped} corrupt {corrupt} | "
+            f"[metrics] ms/frame {stages} | fps {fps} | dropped {dropped} corrupt {corrupt} "
+            f"skipped {skipped} | "
             f"latency p50 {lat} ms{hit}"
         )
 
@@ -208,7 +211,7 @@ class Streamer:
         self.metrics = Metrics()
         self._stop = threading.Event()
         self._ready: queue.Queue = queue.Queue(maxsize=4 * max_batch)
-        self._regions: dict[str, list[Region]] = {}
+        self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
         self._memory: dict[tuple[str, str], _Prefix | None] = {}
         self._open = dict(
             stride=stride,
@@ -310,6 +313,9 @@ class Streamer:
                     got = True
                     t0 = time.perf_counter()
                     regions = self._regions_of(frame)
+                    if regions is None:
+                        self.metrics.skipped[s.name] = self.metrics.skipped.get(s.name, 0) + 1
+                        continue
                     try:
                         image = self.rec.tokenizer.match_channels(frame.image)  # once, not per region
                         tokens = self.rec.tokenizer.encode_batch([r.crop(image) for r in regions])
@@ -329,28 +335,46 @@ class Streamer:
         """Queue ``item`` for the consumer; give up once the stream is stopped (it reads no more)."""
         put_unless_stopped(self._ready, item, self._stop)
 
-    def _regions_of(self, frame: Frame) -> list[Region]:
-        regions = self._regions.get(frame.source)
-        if regions is None:
-            h, w = frame.image.shape[:2]
-            if self.grid is not None:
-                regions = grid_regions(w, h, *self.grid)
-                tw, th = min(r.w for r in regions), min(r.h for r in regions)
-                c = self.rec.tokenizer.config
-                if tw < c.width or th < c.height:
-                    raise ValueError(
-                        f"{frame.source}: grid {self.grid[0]}x{self.grid[1]} cuts the {w}x{h} frame into "
-                        f"{tw}x{th}-pixel tiles, smaller than the model's {c.width}x{c.height} input"
-                    )
-            elif self.rois is not None:
-                rois = self.rois.get(frame.source, []) if isinstance(self.rois, dict) else self.rois
-                regions = [Region(f"roi{i}", *map(int, r)) for i, r in enumerate(rois)]
-            else:
-                regions = [Region("full", 0, 0, w, h)]
-            for r in regions:
-                if r.w <= 0 or r.h <= 0 or r.x < 0 or r.y < 0 or r.x + r.w > w or r.y + r.h > h:
-                    raise ValueError(f"{frame.source}: region {r.to_list()} lies outside the {w}x{h} frame")
-            self._regions[frame.source] = regions
+    def _regions_of(self, frame: Frame) -> list[Region] | None:
+        """The regions of a frame of this size (recomputed when a source's frame size changes).
+
+        A source's first frame size must serve its regions (else a clear error: the options are
+        wrong). A later size that cannot (a camera back at another resolution, a smaller image in a
+        folder) returns None: that frame is skipped and counted, and the run goes on.
+        """
+        h, w = frame.image.shape[:2]
+        key = (frame.source, w, h)
+        if key in self._regions:
+            return self._regions[key]
+        first = not any(k[0] == frame.source for k in self._regions)
+        try:
+            regions = self._make_regions(frame.source, w, h)
+        except ValueError:
+            if first:
+                raise
+            regions = None
+        self._regions[key] = regions
+        return regions
+
+    def _make_regions(self, source: str, w: int, h: int) -> list[Region]:
+        if self.grid is not None:
+            regions = grid_regions(w, h, *self.grid)
+            tw, th = min(r.w for r in regions), min(r.h for r in regions)
+            c = self.rec.tokenizer.config
+            if tw < c.width or th < c.height:
+                raise ValueError(
+                    f"{source}: grid {self.grid[0]}x{self.grid[1]} cuts the {w}x{h} frame into "
+                    f"{tw}x{th}-pixel tiles, smaller than the model's {c.width}x{c.height} input"
+                )
+            return regions
+        if self.rois is not None:
+            rois = self.rois.get(source, []) if isinstance(self.rois, dict) else self.rois
+            regions = [Region(f"roi{i}", *map(int, r)) for i, r in enumerate(rois)]
+        else:
+            regions = [Region("full", 0, 0, w, h)]
+        for r in regions:
+            if r.w <= 0 or r.h <= 0 or r.x < 0 or r.y < 0 or r.x + r.w > w or r.y + r.h > h:
+                raise ValueError(f"{source}: region {r.to_list()} lies outside the {w}x{h} frame")
         return regions
 
     def _run(self, batch: list[_Prepared]) -> list[FrameResult]:

@@ -211,3 +211,54 @@ def test_no_source_delivering_is_an_error_with_clean_output(tiny_bundle):
     assert lines[-1] == "Error: no source delivered a frame (0 frames; see the status lines above)"
     assert sum("gave up after 1 reconnect attempts" in line for line in lines) == 1, stderr
     assert not any(line.startswith(("[tcp", "[ WARN", "source ")) for line in lines), stderr
+
+
+def test_frames_of_changing_sizes(tiny_bundle, tmp_path):
+    """A folder of images of two sizes: the grid is recomputed per size (right xywh in the JSON
+    Lines, the overlay video still written); ROIs that a later size cannot serve skip those frames,
+    counted, without ending the run (issue 11, A2)."""
+    cap = cv2.VideoCapture(str(VTEST))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        frame = cap.read()[1]
+        if i % 2:
+            frame = cv2.resize(frame, (384, 288))
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    out, mp4 = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    p = pixlm_run(
+        str(folder),
+        "--bundle",
+        str(tiny_bundle),
+        "--grid",
+        "2x2",
+        "--jsonl",
+        str(out),
+        "--save",
+        str(mp4),
+        "-q",
+    )
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    results = [r for r in read_jsonl(out) if r["type"] == "result"]
+    for r in results:
+        if r["region"]["name"] == "r1c1":
+            assert r["region"]["xywh"] == ([192, 144, 192, 144] if r["frame"] % 2 else [384, 288, 384, 288])
+    assert len(results) == 24 and frames_in(mp4) == 6
+
+    p = pixlm_run(
+        str(folder),
+        "--bundle",
+        str(tiny_bundle),
+        "--roi",
+        "400,300,300,200",
+        "--jsonl",
+        str(out),
+        "--metrics-every",
+        "0.1",
+        "-q",
+    )
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert sorted(r["frame"] for r in read_jsonl(out) if r["type"] == "result") == [0, 2, 4]
+    assert "skipped 3" in err
