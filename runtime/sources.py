@@ -192,11 +192,14 @@ class Source:
         finally:
             self._wake()
 
-    def _set_status(self, status: str, message: str, *, repeat: bool = False) -> None:
+    def _set_status(self, status: str, message: str, *, repeat: bool = False, notice: bool = False) -> None:
+        """Change the status and report it; ``notice``: report an event (e.g. ``skipped``) without
+        changing the status."""
         with self._lock:
-            if status == self._status and not repeat:
+            if status == self._status and not repeat and not notice:
                 return
-            self._status = status
+            if not notice:
+                self._status = status
             event = SourceEvent(self.name, status, time.time(), message)
             self._events.append(event)
         level = logging.INFO if status in ("ok", "eos") else logging.WARNING
@@ -423,9 +426,12 @@ class FileSource(Source):
                 self._arrived(time.monotonic())
                 self._count("skipped")
                 continue
-            image = _as_bgr(image)
+            bad = image.path if isinstance(image, _Unreadable) else None
+            image = None if bad else _as_bgr(image)
             if image is None:
                 self._count("corrupt")
+                if bad:  # a folder's image: name it, and go on with the next
+                    self._set_status("skipped", f"cannot read image {bad}", notice=True)
                 continue
             self._arrived(time.monotonic())
             if self._fps:  # real time: frame i is due (i - i0) / fps after the first one
@@ -469,10 +475,21 @@ def _video_reader(cap: cv2.VideoCapture, first: np.ndarray) -> FrameReader:
     return frames
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """What the image reader yields for a file OpenCV cannot decode: its path, to be named."""
+
+    path: str
+
+
 def _image_reader(paths: list[str]) -> FrameReader:
-    def frames(stride: int) -> Iterator[tuple[int, np.ndarray | None]]:
+    def frames(stride: int) -> Iterator[tuple[int, np.ndarray | _Unreadable | None]]:
         for index, path in enumerate(paths):
-            yield index, _SKIPPED if index % stride else cv2.imread(path, cv2.IMREAD_COLOR)
+            if index % stride:
+                yield index, _SKIPPED
+                continue
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            yield index, image if _as_bgr(image) is not None else _Unreadable(path)
 
     return frames
 
@@ -573,7 +590,9 @@ def open_source(
 
 
 def _open_images(label: str, paths: list[str], **kwargs) -> FileSource:
-    if cv2.imread(paths[0], cv2.IMREAD_COLOR) is None:  # prove at open time that it decodes
+    """One image must decode now; in a folder or glob, unreadable images are skipped and named as
+    the reader meets them (a folder with none readable ends as a source that delivered nothing)."""
+    if len(paths) == 1 and cv2.imread(paths[0], cv2.IMREAD_COLOR) is None:
         raise SourceError(f"{label}: cannot read image {paths[0]}")
     return FileSource(label, _image_reader(paths), **kwargs)
 

@@ -303,3 +303,21 @@ def test_csi_without_gstreamer_is_a_clear_error():
 def test_password_is_redacted_from_the_source_name():
     with open_source(f"rtsp://admin:secret@127.0.0.1:{free_port()}/x", reconnect_attempts=0) as src:
         assert src.name.startswith("rtsp://admin:***@127.0.0.1:") and "secret" not in src.name
+
+
+def test_bad_images_in_a_folder_are_skipped_and_named(tmp_path):
+    """A corrupt first image no longer rejects the folder; every unreadable image is named in a
+    'skipped' event, which `pixlm run` writes to the JSON Lines (issue 11, A7)."""
+    write_pngs(tmp_path, 6)
+    (tmp_path / "frame0.png").write_bytes(b"not a png")  # the first one
+    (tmp_path / "frame3.png").write_bytes(b"")  # and one in the middle
+    events = []
+    with open_source(str(tmp_path), on_event=events.append) as src:
+        frames = list(src)
+    assert [f.index for f in frames] == [1, 2, 4, 5] and src.stats().corrupt == 2
+    skipped = [e for e in events if e.status == "skipped"]
+    assert [e.message for e in skipped] == [
+        f"cannot read image {tmp_path / 'frame0.png'}",
+        f"cannot read image {tmp_path / 'frame3.png'}",
+    ]
+    assert src.status == "eos"  # a notice, not a state: the source ended normally
