@@ -69,6 +69,7 @@ class VideoSink:
 
     Written to ``NAME.partial.mp4`` and renamed on close, so the named file is always playable.
     One file per source: with several sources, ``out.mp4`` becomes ``out-0.mp4``, ``out-1.mp4`` ...
+    A video file's overlay plays at the file's own frame rate; cameras and folders at ``fps``.
     """
 
     def __init__(self, path: str | os.PathLike, sources: list[str], fps: float = 10.0):
@@ -92,7 +93,8 @@ class VideoSink:
             final = self._targets.get(fr.source, self.path)
             tmp = final.with_name(f"{final.stem}.partial{final.suffix}")
             fourcc = cv2.VideoWriter_fourcc(*("mp4v" if final.suffix.lower() == ".mp4" else "MJPG"))
-            writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (image.shape[1], image.shape[0]))
+            fps = fr.fps or self.fps
+            writer = cv2.VideoWriter(str(tmp), fourcc, fps, (image.shape[1], image.shape[0]))
             if not writer.isOpened():
                 raise ValueError(f"{final}: OpenCV cannot write this video")
             self._writers[fr.source] = (writer, tmp, final)

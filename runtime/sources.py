@@ -68,6 +68,7 @@ class Frame:
     index: int  # frame number in the source (before stride), counted across reconnects
     timestamp: float  # wall-clock capture time, time.time()
     source: str  # the source's name (its URI, password redacted)
+    fps: float | None = None  # the source's own frame rate (a video file's), when it has one
 
 
 @dataclass(frozen=True)
@@ -381,11 +382,13 @@ class FileSource(Source):
         *,
         stride: int = 1,
         fps: float | None = None,
+        native_fps: float | None = None,
         on_event: EventCallback | None = None,
     ) -> None:
         super().__init__(name, stride=stride, on_event=on_event)
         self._frames = frames
         self._fps = fps  # pace at this rate when set
+        self.native_fps = native_fps  # the file's own rate (what an overlay video is written at)
         self._queue: queue.Queue = queue.Queue(maxsize=FILE_QUEUE_SIZE)
         self._done = False  # the consumer has taken the end marker
         self._thread.start()
@@ -437,7 +440,7 @@ class FileSource(Source):
             if self._fps:  # real time: frame i is due (i - i0) / fps after the first one
                 start = start or (time.monotonic(), index)
                 self._stop.wait(start[0] + (index - start[1]) / self._fps - time.monotonic())
-            self._put(Frame(image, index, time.time(), self.name))
+            self._put(Frame(image, index, time.time(), self.name, self.native_fps))
         if not self._stop.is_set():
             self._set_status("eos", f"end of input after {self.stats().read} frames")
             self._put(_EOS)
@@ -586,7 +589,10 @@ def open_source(
         cap.release()
         raise SourceError(f"{label}: cannot read a frame (not a video or image file OpenCV can decode)")
     rate = fps or cap.get(cv2.CAP_PROP_FPS) or 30.0
-    return FileSource(label, _video_reader(cap, first), fps=rate if realtime else None, **files)
+    native = cap.get(cv2.CAP_PROP_FPS) or None
+    return FileSource(
+        label, _video_reader(cap, first), fps=rate if realtime else None, native_fps=native, **files
+    )
 
 
 def _open_images(label: str, paths: list[str], **kwargs) -> FileSource:

@@ -87,6 +87,7 @@ class FrameResult:
     regions: list[RegionResult]
     latency_ms: float  # capture -> result
     timings: dict[str, float] = field(default_factory=dict)  # ms per frame: tokenize, infer, post
+    fps: float | None = None  # the source's own frame rate, when it has one (a video file)
 
     def records(self) -> list[dict]:
         """JSON Lines records, one per region (schema in README)."""
@@ -419,7 +420,8 @@ class Streamer:
                 hot = self.threshold is not None and getattr(res, self.score_field) > self.threshold
                 rr.append(RegionResult(r, res, hot))
             f = p.frame
-            out.append(FrameResult(f.source, f.index, f.timestamp, f.image, rr, 1e3 * (now - f.timestamp)))
+            latency = 1e3 * (now - f.timestamp)
+            out.append(FrameResult(f.source, f.index, f.timestamp, f.image, rr, latency, fps=f.fps))
         t3 = time.perf_counter()
         n = len(batch)
         tok_ms = sum(p.tokenize_ms for p in batch) / n

@@ -262,3 +262,18 @@ def test_frames_of_changing_sizes(tiny_bundle, tmp_path):
     assert p.returncode == 0, err
     assert sorted(r["frame"] for r in read_jsonl(out) if r["type"] == "result") == [0, 2, 4]
     assert "skipped 3" in err
+
+
+def test_overlay_video_keeps_the_source_frame_rate(tiny_bundle, tmp_path):
+    """A 25 fps clip's overlay was written at 10 fps and played 2.5x slow (issue 11, A9)."""
+    clip, mp4 = tmp_path / "clip.avi", tmp_path / "out.mp4"
+    cap = cv2.VideoCapture(str(VTEST))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (384, 288))
+    for _ in range(20):
+        writer.write(cv2.resize(cap.read()[1], (384, 288)))
+    writer.release()
+    p = pixlm_run(str(clip), "--bundle", str(tiny_bundle), "--save", str(mp4), "-q")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    out = cv2.VideoCapture(str(mp4))
+    assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0, abs=0.01) and frames_in(mp4) == 20
