@@ -222,13 +222,17 @@ def run(
     sinks: list = []
     streamer = None
     stopped_by = None
+    n = 0
 
     def on_signal(signum, _frame) -> None:
         nonlocal stopped_by
         stopped_by = signum
         if streamer is not None:
-            streamer.stop()
+            streamer.stop()  # ends the loop after the current batch; outputs then close
+        else:
+            raise _Stopped  # still setting up: abandon it
 
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         rec = Recognizer.open(
             bundle or ensure_default_bundle(),
@@ -266,20 +270,18 @@ def run(
             on_metrics=lambda s: click.echo(s, err=True),
             metrics_every=metrics_every,
         )
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        n = 0
-        try:
-            with streamer:
-                for fr in streamer:
-                    n += 1
-                    for sink in sinks:
-                        sink.write(fr)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        with streamer:
+            for fr in streamer:
+                n += 1
+                for sink in sinks:
+                    sink.write(fr)
+    except _Stopped:
+        pass
     except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
         for sink in sinks:
             sink.close()
     if stopped_by is None and streamer is not None:
@@ -296,6 +298,10 @@ def run(
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
         sys.exit(128 + stopped_by)
+
+
+class _Stopped(BaseException):  # not an Exception: nothing on the way may swallow it
+    """A signal arrived before streaming began: nothing to finish, only outputs to close."""
 
 
 def _on_event(e, jsonl_sink) -> None:

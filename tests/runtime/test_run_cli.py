@@ -277,3 +277,28 @@ def test_overlay_video_keeps_the_source_frame_rate(tiny_bundle, tmp_path):
     assert p.returncode == 0, err
     out = cv2.VideoCapture(str(mp4))
     assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0, abs=0.01) and frames_in(mp4) == 20
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.4, 0.8])
+def test_early_ctrl_c_is_a_clean_130(tiny_bundle, tmp_path, delay):
+    """Ctrl-C while the CLI is still importing or opening the bundle gave a traceback and exit 1
+    (issue 11, A9); the real `pixlm` console script, as a user runs it."""
+    p = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "pixlm"),
+            "run",
+            str(VTEST),
+            "--bundle",
+            str(tiny_bundle),
+            "--jsonl",
+            str(tmp_path / "o.jsonl"),
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
