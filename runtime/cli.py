@@ -220,6 +220,7 @@ def run(
     cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
     sinks: list = []
+    video_sink = None
     streamer = None
     stopped_by = None
     n = 0
@@ -245,7 +246,8 @@ def run(
         jsonl_sink = JsonlSink(jsonl) if jsonl else None
         sinks += [jsonl_sink] if jsonl_sink else []
         if save:
-            sinks.append(VideoSink(save, list(sources)))
+            video_sink = VideoSink(save, list(sources))
+            sinks.append(video_sink)
         if show:
             sinks.append(WindowSink())
         if not quiet:
@@ -292,8 +294,8 @@ def run(
     msg = f"{n} frames from {len(sources)} source(s)"
     if jsonl:
         msg += f"; results in {jsonl}"
-    if save:
-        msg += f"; overlay video in {save}"
+    if video_sink is not None and video_sink.files:
+        msg += "; overlay video in " + ", ".join(str(f) for f in video_sink.files)
     click.echo(msg, err=True)
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pixlm.runtime.sources import SourceEvent
+from pixlm.runtime.sources import SourceEvent, source_names
 from pixlm.runtime.stream import FrameResult
 
 
@@ -79,13 +79,14 @@ class VideoSink:
         if not self.path.parent.is_dir() or not os.access(self.path.parent, os.W_OK):
             raise ValueError(f"{self.path}: folder missing or not writable")
         self.fps = fps
-        self._targets = {
+        self._targets = {  # keyed by the names results carry (redacted, "#2" for a repeated URI)
             s: self.path if len(sources) == 1 else self.path.with_stem(f"{self.path.stem}-{i}")
-            for i, s in enumerate(sources)
+            for i, s in enumerate(source_names(sources))
         }
         self._writers: dict[str, tuple[cv2.VideoWriter, Path, Path]] = {}
         self._clock: dict[str, list[float]] = {}
         self._sizes: dict[str, tuple[int, int]] = {}  # each writer's frame size: the source's first
+        self._written: list[Path] = []
 
     def write(self, fr: FrameResult) -> None:
         image = draw_overlay(fr, self._fps(fr.source))
@@ -114,11 +115,13 @@ class VideoSink:
         for writer, tmp, final in self._writers.values():
             writer.release()
             os.replace(tmp, final)
+            self._written.append(final)
         self._writers.clear()
 
     @property
     def files(self) -> list[Path]:
-        return [final for _, _, final in self._writers.values()]
+        """The videos written so far (after ``close``: every finished file)."""
+        return self._written + [final for _, _, final in self._writers.values()]
 
 
 class WindowSink:

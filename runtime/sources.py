@@ -625,6 +625,18 @@ def _csi_pipeline(uri: str, label: str) -> str:
     )
 
 
+def source_names(uris: list[str | int]) -> list[str]:
+    """The name of each source in results and events: its URI, password redacted; a URI given
+    twice gets ``#2``, ``#3`` ... so the copies stay distinguishable."""
+    seen: dict[str, int] = {}
+    names = []
+    for uri in uris:
+        base = _redact(str(uri))
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return names
+
+
 def _redact(uri: str) -> str:
     """The URI with any password replaced, so names are safe to log."""
     parts = urlsplit(uri) if "://" in uri else None

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
-from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, put_unless_stopped
+from pixlm.runtime.sources import (
+    Frame,
+    Source,
+    SourceEvent,
+    open_source,
+    put_unless_stopped,
+    source_names,
+)
 
 MAX_REGIONS = 1024  # regions per frame: beyond it a grid is a typo, and memory grows with it
 
@@ -202,6 +209,7 @@ class Streamer:
             raise ValueError(f"anomaly_score must be one of {ANOMALY_SCORES}, got {anomaly_score!r}")
         self.rec = recognizer
         self.uris = list(sources)
+        self._names = source_names(self.uris)  # a URI given twice: "clip.mp4", "clip.mp4#2"
         self.rois, self.grid = rois, grid
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse, self.threshold = prefix_reuse, anomaly_threshold
@@ -227,7 +235,7 @@ class Streamer:
     def __enter__(self) -> Streamer:
         try:
             for uri in self.uris:
-                self.sources.append(open_source(uri, **self._open))
+                self.sources.append(open_source(uri, name=self._names[len(self.sources)], **self._open))
                 self._passes[self.sources[-1].name] = 1
         except BaseException:
             self.close()
@@ -307,7 +315,7 @@ class Streamer:
                     if frame is None and s.eos and self._passes[s.name] < self.loop:
                         self._passes[s.name] += 1  # benchmarks: replay a file
                         s.close()
-                        self.sources[i] = s = open_source(self.uris[i], **self._open)
+                        self.sources[i] = s = open_source(self.uris[i], name=self._names[i], **self._open)
                         frame = s.read(timeout=1.0)
                     if frame is None:
                         continue

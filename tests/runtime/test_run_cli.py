@@ -302,3 +302,31 @@ def test_early_ctrl_c_is_a_clean_130(tiny_bundle, tmp_path, delay):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err, err
+
+
+def test_the_same_source_twice_stays_distinguishable(tiny_bundle, tmp_path):
+    """Two copies of one clip: distinct names in the JSON Lines, one overlay file each, and the
+    summary names the files that exist (issue 11, A9)."""
+    out, mp4 = tmp_path / "out.jsonl", tmp_path / "out.mp4"
+    p = pixlm_run(
+        str(VTEST),
+        str(VTEST),
+        "--bundle",
+        str(tiny_bundle),
+        "--max-frames",
+        "10",
+        "--jsonl",
+        str(out),
+        "--save",
+        str(mp4),
+        "-q",
+    )
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    names = {r["source"] for r in read_jsonl(out) if r["type"] == "result"}
+    assert names == {str(VTEST), f"{VTEST}#2"}
+    files = sorted(tmp_path.glob("out-*.mp4"))
+    assert [f.name for f in files] == ["out-0.mp4", "out-1.mp4"] and not mp4.exists()
+    assert (
+        f"overlay video in {files[0]}, {files[1]}" in err or f"overlay video in {files[1]}, {files[0]}" in err
+    )
