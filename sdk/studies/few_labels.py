@@ -90,7 +90,7 @@ def train_cnn(data: Dataset, seed: int, quick: bool) -> SmallCNN:
 
 @torch.no_grad()
 def cnn_accuracy(net: SmallCNN, test: Dataset) -> float:
-    x = torch.from_numpy(test.images).float()[:, None] / 255
+    x = torch.tensor(test.images, dtype=torch.float32)[:, None] / 255  # a copy: the idx data is read-only
     pred = torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
     return float((pred.numpy() == test.labels).mean())
 
