@@ -11,6 +11,7 @@ import numpy as np
 
 from pixlm.runtime import novelty
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.recognizer import LN2, log_softmax, softmax
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -24,13 +25,9 @@ def held_out_pass(
     for i in range(0, len(seqs), batch_size):
         batch = seqs[i : i + batch_size]
         logits, _ = engine.prefill(batch)
-        z = logits[:, :-1, :n_codes].astype(np.float64)
-        logp = z - z.max(-1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / np.log(2)
-        lab = logits[:, -1, n_codes + 1 :].astype(np.float64)
-        probs = np.exp(lab - lab.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
+        logp = log_softmax(logits[:, :-1, :n_codes])  # the runtime's own post-processing
+        bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / LN2
+        probs = np.stack([softmax(z) for z in logits[:, -1, n_codes + 1 :]])
         png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
         feats.append(novelty.features(bits, probs, png, ppt))
         preds.append(probs.argmax(-1))

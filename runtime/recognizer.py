@@ -198,7 +198,7 @@ class Recognizer:
         b = tokens.shape[0]
         ids = np.concatenate([np.full((b, 1), self.tokenizer.bos, np.int64), tokens], axis=1)
         logits, _ = self.engine.prefill(ids)
-        return logits[:, -1, self.n_codes + 1 :], _log_softmax(logits[:, :-1, : self.n_codes])
+        return logits[:, -1, self.n_codes + 1 :], log_softmax(logits[:, :-1, : self.n_codes])
 
     def predict(self, image: np.ndarray, nll_map: bool = False) -> Result:
         """One image -> :class:`Result`."""
@@ -254,7 +254,7 @@ class Recognizer:
                 memory[i] = _Prefix(
                     tokens[i].copy(),
                     _own_rows(present, r),
-                    _log_softmax(logits[r, :-1, : self.n_codes]),
+                    log_softmax(logits[r, :-1, : self.n_codes]),
                     logits[r, -1, self.n_codes + 1 :].copy(),
                 )
         if partial:
@@ -274,7 +274,7 @@ class Recognizer:
                 m = memory[i]
                 m.tokens = tokens[i].copy()
                 m.past = _own_rows(present, r)
-                m.logp = np.concatenate([m.logp[: j + 1], _log_softmax(logits[r, :-1, : self.n_codes])])
+                m.logp = np.concatenate([m.logp[: j + 1], log_softmax(logits[r, :-1, : self.n_codes])])
                 m.label_logits = logits[r, -1, self.n_codes + 1 :].copy()
                 first_change[i] = j
         label_logits = np.stack([m.label_logits for m in memory])
@@ -335,7 +335,7 @@ class Recognizer:
         self, tokens: np.ndarray, label_logits: np.ndarray, logp: np.ndarray, nll_map: bool
     ) -> list[Result]:
         nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] / LN2  # (B, N) bits
-        probs = np.stack([_softmax(z) for z in label_logits]) if len(self.labels) else None
+        probs = np.stack([softmax(z) for z in label_logits]) if len(self.labels) else None
         known, ood = np.ones(len(tokens), bool), [None] * len(tokens)
         if self.gate is not None:
             scores = self.ood_scores(tokens, nll, probs)
@@ -377,13 +377,13 @@ def _first_change(memory: _Prefix | None, tokens: np.ndarray, n: int) -> int:
     return int(changed[0]) if len(changed) else n
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
     """Over the last axis, in float32 (the logits' precision; float64 doubled the post-processing)."""
     z = x - x.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x.astype(np.float64) - x.max())
     return e / e.sum()
 

@@ -83,6 +83,9 @@ def write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private; results are ordinary files
     os.replace(tmp, path)
 
 
@@ -91,9 +94,11 @@ def read_json(path: Path) -> dict:
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
+    """A figure: PNG for plots; a path ending in .jpg (photographs, heat maps) is JPEG, 85."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    cv2.imwrite(str(tmp), image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 85] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    cv2.imwrite(str(tmp), image, params)
     os.replace(tmp, path)
 
 

@@ -158,7 +158,8 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
     }
     log("linear-probe features of the test images")
     test_feats = pixlm_features(model, tok, test.images)
-    jobs = [(n, d) for n in opts.per_class for d in range(opts.draws)]
+    jobs = [(n, d) for d in range(opts.draws) for n in opts.per_class]  # draw by draw: a cut-off run
+    # still covers every size
     for n, d in tqdm(jobs, desc="few-label runs", disable=None):
         key = f"{n}/{d}"
         if key in results["runs"]:

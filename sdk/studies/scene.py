@@ -252,7 +252,7 @@ def _figures(out: Path, name: str, results: dict, frames, masks, heat, fg, label
         cv2.putText(im, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(im, title, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         panels.append(im)
-    write_png(out / f"{name}-heatmap.png", np.concatenate(panels, 1))
+    write_png(out / f"{name}-heatmap.jpg", np.concatenate(panels, 1))
 
 
 def format_table(results: dict) -> str:

@@ -80,7 +80,7 @@ def test_scene_quick(tmp_path):
     assert r["region_auroc"]["MOG2"] > 0.8  # the pasted bags are really there, where recorded
     assert all(0 <= v <= 1 for v in (*r["region_auroc"].values(), *r["pixel_auroc"].values()))
     assert r["settings"]["grid"] == [6, 8] and "| MOG2 |" in p.stdout
-    for name in ("scene-quick-roc.png", "scene-quick-heatmap.png"):
+    for name in ("scene-quick-roc.png", "scene-quick-heatmap.jpg"):
         assert cv2.imread(str(tmp_path / name)) is not None
 
 
