@@ -5,10 +5,12 @@ pip-installed on the build machines; on a Jetson it comes with JetPack 6 (Tensor
 
 Engines are built from the QDQ ONNX file (explicit quantization: the Q/DQ scales computed by
 ``quantize.py`` are used as they are, no TensorRT calibrator) or from the FP32 file for FP16/FP32
-engines. Two optimization profiles, so one engine serves both phases of recognition::
+engines. Three optimization profiles (``pixlm.runtime.engine_trt.profiles``, where the runtime
+reads them too), so one engine serves every call the recognizer makes::
 
     profile 0  prefill   input_ids [1..B, 1..N+1]   past [1..B, nh, 0, hs]        (empty cache)
-    profile 1  decode    input_ids [1..B, 1]        past [1..B, nh, 1..N, hs]
+    profile 1  decode    input_ids [1..B, 1]        past [1..B, nh, 1..N, hs]     (completion)
+    profile 2  extend    input_ids [1..B, 1..N]     past [1..B, nh, 1..N, hs]     (prefix reuse)
 
 The engine's sidecar JSON (``model.int8.engine.json``) records the TensorRT version, the GPU and
 its compute capability, the precision, the profiles and the sha256 of the source ONNX file;
@@ -24,12 +26,12 @@ from pathlib import Path
 
 import onnx
 
-from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import sha256_of
 from pixlm.runtime.engine_trt import (
     TensorRTUnavailable,
     current_device,
     import_tensorrt,
+    profiles,
 )
 
 # ONNX operators TensorRT 10's ONNX parser supports ("Y" rows of onnx-tensorrt docs/operators.md,
@@ -91,20 +93,6 @@ def lint_onnx(path: str | os.PathLike) -> dict:
             if zp.dtype.name != "int8":
                 problems.append(f"{n.name}: {zp.dtype.name} quantization (TensorRT needs int8)")
     return {"op_types": [op for _, op in ops], "problems": problems}
-
-
-def profiles(model_cfg: dict, max_batch: int) -> list[dict]:
-    """The two optimization profiles: {input name: (min, opt, max)} shapes."""
-    nh, hs = model_cfg["n_head"], model_cfg["d_model"] // model_cfg["n_head"]
-    T = model_cfg["grid_h"] * model_cfg["grid_w"] + 1  # BOS + image
-    opt_b = min(max_batch, 16)
-    prefill = {mf.INPUT_IDS: ((1, 1), (opt_b, T), (max_batch, T))}
-    decode = {mf.INPUT_IDS: ((1, 1), (opt_b, 1), (max_batch, 1))}
-    for i in range(model_cfg["n_layer"]):
-        for name in (mf.past_key(i), mf.past_value(i)):
-            prefill[name] = ((1, nh, 0, hs), (opt_b, nh, 0, hs), (max_batch, nh, 0, hs))
-            decode[name] = ((1, nh, 1, hs), (opt_b, nh, T - 1, hs), (max_batch, nh, T - 1, hs))
-    return [{"name": "prefill", "shapes": prefill}, {"name": "decode", "shapes": decode}]
 
 
 def build_engine(

@@ -5,9 +5,15 @@ JetPack 6. An engine is specific to the GPU model and TensorRT version it was bu
 :func:`check_engine_metadata` compares its sidecar JSON with this device first and refuses a
 mismatch with the command that rebuilds it.
 
-Profiles (see ``pixlm.export.tensorrt``): 0 = prefill (empty cache), 1 = decode (one new token
-per row with a cache). ``run`` picks the profile from the shape of its call; a multi-token call
-with a non-empty cache is not covered by either profile and is refused.
+Profiles (:func:`profiles`, built by ``pixlm.export.tensorrt``)::
+
+    profile 0  prefill   input_ids [1..B, 1..N+1]   past [1..B, nh, 0, hs]      (empty cache)
+    profile 1  decode    input_ids [1..B, 1]        past [1..B, nh, 1..N, hs]   (completion)
+    profile 2  extend    input_ids [1..B, 1..N]     past [1..B, nh, 1..N, hs]   (prefix reuse)
+
+``run`` picks the profile that covers its call (:class:`ProfileRules`) and refuses one none covers.
+Engines built before the extend profile existed have only the first two; the recognizer asks
+``chunked_past`` and then recomputes a changed region in full instead of from its cache.
 """
 
 from __future__ import annotations
@@ -30,6 +36,54 @@ class TensorRTUnavailable(RuntimeError):
 
 class EngineMismatchError(ValueError):
     """An engine built for another GPU or TensorRT version."""
+
+
+def profiles(model_cfg: dict, max_batch: int) -> list[dict]:
+    """The engine's optimization profiles: {"name", "shapes": {input name: (min, opt, max)}}."""
+    nh, hs = model_cfg["n_head"], model_cfg["d_model"] // model_cfg["n_head"]
+    T = model_cfg["grid_h"] * model_cfg["grid_w"] + 1  # BOS + image
+    opt_b = min(max_batch, 16)
+    ids = {
+        "prefill": ((1, 1), (opt_b, T), (max_batch, T)),
+        "decode": ((1, 1), (opt_b, 1), (max_batch, 1)),
+        "extend": ((1, 1), (opt_b, T // 2), (max_batch, T - 1)),
+    }
+    past = {
+        "prefill": ((1, nh, 0, hs), (opt_b, nh, 0, hs), (max_batch, nh, 0, hs)),
+        "decode": ((1, nh, 1, hs), (opt_b, nh, T - 1, hs), (max_batch, nh, T - 1, hs)),
+        "extend": ((1, nh, 1, hs), (opt_b, nh, T // 2, hs), (max_batch, nh, T - 1, hs)),
+    }
+    out = []
+    for name in ("prefill", "decode", "extend"):
+        shapes = {mf.INPUT_IDS: ids[name]}
+        for i in range(model_cfg["n_layer"]):
+            shapes[mf.past_key(i)] = shapes[mf.past_value(i)] = past[name]
+        out.append({"name": name, "shapes": shapes})
+    return out
+
+
+class ProfileRules:
+    """Which calls an engine's profiles admit, from its sidecar's ``profiles`` (no TensorRT needed)."""
+
+    def __init__(self, profile_list: list[dict]):
+        self._ranges = []  # per profile: (batch lo, hi), (new tokens lo, hi), (past lo, hi)
+        for p in profile_list:
+            (b0, t0), _, (b1, t1) = p["shapes"][mf.INPUT_IDS]
+            lo, _, hi = p["shapes"][mf.past_key(0)]
+            self._ranges.append(((b0, b1), (t0, t1), (lo[2], hi[2])))
+        self.max_batch = max(r[0][1] for r in self._ranges)
+        # prefix reuse feeds several tokens on top of a cache: does any profile take that?
+        self.chunked_past = any(r[1][1] > 1 and r[2][1] > 0 for r in self._ranges)
+
+    def select(self, batch: int, tokens: int, past: int) -> int:
+        """Index of the first profile covering the call; ValueError naming the call otherwise."""
+        for i, ((b0, b1), (t0, t1), (p0, p1)) in enumerate(self._ranges):
+            if b0 <= batch <= b1 and t0 <= tokens <= t1 and p0 <= past <= p1:
+                return i
+        raise ValueError(
+            f"TensorRT engine: no optimization profile takes batch {batch}, {tokens} new tokens on a "
+            f"cache of {past}"
+        )
 
 
 def import_tensorrt():
@@ -122,6 +176,8 @@ class TrtEngine:
             ctx = self.engine.create_execution_context()
             ctx.set_optimization_profile_async(profile, self._stream)
             self._contexts.append(ctx)
+        self.rules = ProfileRules(self.metadata["profiles"])
+        self.max_batch, self.chunked_past = self.rules.max_batch, self.rules.chunked_past
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.n_layer = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
         shape = self.metadata["profiles"][1]["shapes"][mf.past_key(0)][2]
@@ -135,9 +191,7 @@ class TrtEngine:
             z = np.zeros((B, self.n_head, 0, self.head_dim), np.float32)
             past = [(z, z)] * self.n_layer
         P = past[0][0].shape[2]
-        if P > 0 and T != 1:
-            raise ValueError("TensorRT engine: with a cache, feed one token per call (decode profile)")
-        ctx = self._contexts[0 if P == 0 else 1]
+        ctx = self._contexts[self.rules.select(B, T, P)]
         feed = {mf.INPUT_IDS: input_ids}
         for i, (k, v) in enumerate(past):
             feed[mf.past_key(i)] = np.ascontiguousarray(k, np.float32)

@@ -245,6 +245,10 @@ class Recognizer:
         """
         n = tokens.shape[1]
         first_change = [_first_change(m, t, n) for m, t in zip(memory, tokens, strict=True)]
+        if not getattr(self.engine, "chunked_past", True):
+            # an engine without a profile for several tokens on a cache (older TensorRT engines):
+            # a changed region is recomputed in full, which is exact too
+            first_change = [0 if j < n else j for j in first_change]
         fresh = [i for i, j in enumerate(first_change) if j == 0]
         partial = [i for i, j in enumerate(first_change) if 0 < j < n]
         if fresh:  # new regions, or the first token changed: one batched prefill

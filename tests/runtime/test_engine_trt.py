@@ -21,3 +21,66 @@ def test_same_device_and_version_is_accepted():
 def test_engine_for_another_device_is_refused(device, version):
     with pytest.raises(EngineMismatchError, match="rebuild it on this device: pixlm-export .* --tensorrt"):
         check_engine_metadata(META, "m.engine", device=device, trt_version=version)
+
+
+# -- the engine's shape contract, obeyed by the runtime (issue 11, B2) ------------------------------
+import numpy as np  # noqa: E402
+
+from conftest import VTEST  # noqa: E402
+from pixlm.runtime.engine_trt import ProfileRules, profiles  # noqa: E402
+from pixlm.runtime.recognizer import Recognizer  # noqa: E402
+from pixlm.runtime.stream import Streamer  # noqa: E402
+
+
+class RuleBoundEngine:
+    """A real ONNX Runtime engine that takes only the calls a TensorRT engine with these profiles
+    takes (batch, new tokens and cache length per profile), so `make test` refuses whatever a
+    Jetson would refuse. Records the profile each call used."""
+
+    def __init__(self, engine, profile_list):
+        self._engine, self.rules, self.used = engine, ProfileRules(profile_list), []
+        self.max_batch, self.chunked_past = self.rules.max_batch, self.rules.chunked_past
+        for name in ("n_layer", "n_head", "head_dim", "vocab_size"):
+            setattr(self, name, getattr(engine, name))
+
+    def run(self, ids, past=None):
+        cache = 0 if past is None else past[0][0].shape[2]
+        self.used.append(self.rules.select(ids.shape[0], ids.shape[1], cache))
+        return self._engine.run(ids, past)
+
+    def prefill(self, ids):
+        return self.run(ids, None)
+
+
+@pytest.mark.parametrize("n_profiles", [2, 3])
+def test_streaming_obeys_the_tensorrt_profiles(tiny_bundle, n_profiles):
+    """Prefix reuse on an engine with the prefill and decode profiles only (engines built before
+    the extend profile) made a call no profile covers on the second frame; with the fallback it
+    recomputes changed regions in full. With the extend profile, reuse runs from the cache. Either
+    way the results equal a plain full recompute, and no call exceeds the profiles' max batch."""
+    rec = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
+    reference = [
+        [rr.result.score for rr in fr.regions]
+        for fr in Streamer(rec, [str(VTEST)], grid=(4, 5), max_frames=6, prefix_reuse=False)
+    ]
+    bound = RuleBoundEngine(rec.engine, profiles(rec.bundle.model_config, max_batch=8)[:n_profiles])
+    rec.engine = bound
+    got = [
+        [rr.result.score for rr in fr.regions]
+        for fr in Streamer(rec, [str(VTEST)], grid=(4, 5), max_frames=6, max_batch=32, prefix_reuse=True)
+    ]
+    assert np.allclose(got, reference, atol=1e-5)
+    assert (2 in bound.used) == (n_profiles == 3)  # the extend profile serves reuse when present
+    rec.complete(np.zeros((28, 28), np.uint8), known_rows=2, seed=0)  # completion: the decode profile
+    assert bound.used[-1] == 1
+
+
+def test_profile_rules_match_the_build_profiles():
+    cfg = {"n_head": 2, "d_model": 32, "grid_h": 7, "grid_w": 7, "n_layer": 2}
+    rules = ProfileRules(profiles(cfg, max_batch=16))
+    assert rules.max_batch == 16 and rules.chunked_past
+    assert rules.select(16, 50, 0) == 0 and rules.select(3, 1, 30) == 1 and rules.select(3, 20, 30) == 2
+    for call in ((17, 50, 0), (1, 51, 0), (1, 50, 1)):
+        with pytest.raises(ValueError, match="no optimization profile takes"):
+            rules.select(*call)
+    assert not ProfileRules(profiles(cfg, max_batch=16)[:2]).chunked_past
