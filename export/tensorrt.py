@@ -95,6 +95,13 @@ def lint_onnx(path: str | os.PathLike) -> dict:
     return {"op_types": [op for _, op in ops], "problems": problems}
 
 
+def _precision_flags(precision: str) -> list[str]:
+    """Builder flags for ``precision``: FP16 only for an "fp16" engine (or the float layers of an
+    INT8 one); INT8 for the Q/DQ model's explicit scales. TensorRT 10.12 deprecates these weak-typing
+    flags (11 removes them), which is why the supported range stops at 10.x (``TRT_RANGE``)."""
+    return {"fp16": ["FP16"], "int8": ["FP16", "INT8"], "fp32": []}[precision]
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -119,10 +126,8 @@ def build_engine(
         raise LintError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision in ("int8", "fp16"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
-        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ layers: explicit scales, no calibrator
+    for flag in _precision_flags(precision):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
     shapes = profiles(model_cfg, max_batch)
     for p in shapes:
         profile = builder.create_optimization_profile()

@@ -1,9 +1,11 @@
 """TensorRT engine for a bundle's ``tensorrt-*`` file; imported only when asked for.
 
-Needs TensorRT 10.x and cuda-python (``pip install cuda-python``); on a Jetson both come with
-JetPack 6. An engine is specific to the GPU model and TensorRT version it was built with, so
-:func:`check_engine_metadata` compares its sidecar JSON with this device first and refuses a
-mismatch with the command that rebuilds it.
+Needs TensorRT 10.x (``TRT_RANGE``) and cuda-python 12.x (``CUDA_PYTHON_RANGE``: JetPack 6 is
+CUDA 12, and cuda-python 13 dropped the ``cudart`` module this code uses); on a Jetson TensorRT
+comes with JetPack 6 and ``pip install "cuda-python>=12,<13"`` adds the bindings. Other versions
+are refused with what to install. An engine is specific to the GPU model and TensorRT version it
+was built with, so :func:`check_engine_metadata` compares its sidecar JSON with this device first
+and refuses a mismatch with the command that rebuilds it.
 
 Profiles (:func:`profiles`, built by ``pixlm.export.tensorrt``)::
 
@@ -86,28 +88,53 @@ class ProfileRules:
         )
 
 
+TRT_RANGE = (10, 11)  # supported TensorRT major versions: [10, 11)
+CUDA_PYTHON_RANGE = (12, 13)  # supported cuda-python major versions: [12, 13)
+TRT_HINT = (
+    "on a Jetson it comes with JetPack 6 (`sudo apt install nvidia-jetpack`); on an x86 GPU machine "
+    '`pip install "tensorrt-cu12>=10,<11"`'
+)
+
+
+def check_version(what: str, version: str, supported: tuple[int, int], hint: str) -> None:
+    """Refuse a ``version`` whose major number lies outside ``supported`` [lo, hi)."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise TensorRTUnavailable(f"{what} {version!r}: unreadable version; {hint}") from None
+    if not supported[0] <= major < supported[1]:
+        raise TensorRTUnavailable(
+            f"{what} {version} found; pixlm supports {supported[0]}.x to {supported[1] - 1}.x: {hint}"
+        )
+
+
 def import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise TensorRTUnavailable(
-            "TensorRT is not installed: on a Jetson it comes with JetPack 6 (TensorRT 10.x, "
-            "`sudo apt install nvidia-jetpack`); on an x86 GPU machine `pip install tensorrt-cu12`"
-        ) from e
-    major = int(trt.__version__.split(".")[0])
-    if major < 10:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found; pixlm needs TensorRT 10.x")
+        raise TensorRTUnavailable(f"TensorRT is not installed: {TRT_HINT}") from e
+    check_version("TensorRT", trt.__version__, TRT_RANGE, TRT_HINT)
     return trt
 
 
 def _cudart():
+    hint = 'pip install "cuda-python>=12,<13" (JetPack 6 is CUDA 12)'
     try:
+        import cuda
+    except ImportError as e:
+        raise TensorRTUnavailable(f"CUDA Python bindings missing: {hint}") from e
+    try:
+        import cuda.bindings as bindings
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+
+        check_version("cuda-python", bindings.__version__, CUDA_PYTHON_RANGE, hint)
     except ImportError:
         try:
-            from cuda import cudart  # older cuda-python
+            from cuda import cudart  # older cuda-python 12.x
         except ImportError as e:
-            raise TensorRTUnavailable("CUDA Python bindings missing: pip install cuda-python") from e
+            raise TensorRTUnavailable(
+                f"cuda-python {getattr(cuda, '__version__', '?')}: no cudart; {hint}"
+            ) from e
     return cudart
 
 
@@ -215,7 +242,7 @@ class TrtEngine:
                 buffers.append(ptr)
                 ctx.set_tensor_address(name, ptr)
                 outputs[name] = (host, ptr)
-            if not ctx.execute_async_v3(self._stream):
+            if not ctx.execute_async_v3(int(self._stream)):  # TensorRT 10 takes the handle as an int
                 raise RuntimeError(f"{self.path}: TensorRT execution failed")
             for host, ptr in outputs.values():
                 _check(

@@ -84,3 +84,25 @@ def test_profile_rules_match_the_build_profiles():
         with pytest.raises(ValueError, match="no optimization profile takes"):
             rules.select(*call)
     assert not ProfileRules(profiles(cfg, max_batch=16)[:2]).chunked_past
+
+
+@pytest.mark.parametrize(
+    "what, version, supported, ok",
+    [
+        ("TensorRT", "10.3.0", (10, 11), True),
+        ("TensorRT", "10.13.1", (10, 11), True),
+        ("TensorRT", "11.0.0", (10, 11), False),  # `pip install tensorrt-cu12` brings this now
+        ("TensorRT", "8.6.1", (10, 11), False),
+        ("cuda-python", "12.6.2", (12, 13), True),
+        ("cuda-python", "13.0.1", (12, 13), False),  # no cudart; CUDA 13, not JetPack 6's 12
+    ],
+)
+def test_supported_version_ranges(what, version, supported, ok):
+    """TensorRT 10.x and cuda-python 12.x only; others refused with what to install (issue 11, B3)."""
+    from pixlm.runtime.engine_trt import TensorRTUnavailable, check_version
+
+    if ok:
+        check_version(what, version, supported, "hint")
+    else:
+        with pytest.raises(TensorRTUnavailable, match=rf"{what} {version} found; pixlm supports"):
+            check_version(what, version, supported, "hint")
