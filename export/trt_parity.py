@@ -4,9 +4,14 @@
 
 Needs TensorRT 10.x and Polygraphy (``pip install polygraphy``; JetPack ships TensorRT). Feeds
 the same tokenized Fashion-MNIST test images (or ``--data``) to ONNX Runtime, on the ONNX file the
-engine was built from, and to the engine through Polygraphy's ``TrtRunner`` (prefill profile),
-then compares with Polygraphy's ``Comparator``: logits within ``--atol``/``--rtol`` and the label
-argmax after the image. Exits 1 when they disagree.
+engine was built from, and to the engine through Polygraphy's ``TrtRunner``, once per profile:
+
+    prefill   BOS + the whole image, empty cache
+    decode    the last image token on the cache of everything before it (ONNX Runtime's presents)
+    extend    the second half of the image on the cache of its first half (prefix reuse)
+
+then compares with Polygraphy's ``Comparator``: logits within ``--atol``/``--rtol`` and, where the
+call ends at the image's end, the label argmax. Exits 1 when any profile disagrees.
 """
 
 from __future__ import annotations
@@ -20,19 +25,30 @@ import numpy as np
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError
 
+PROFILES = ("prefill", "decode", "extend")  # in the engine's profile order (engine_trt.profiles)
 
-def feeds(bundle: Bundle, images: np.ndarray, batch: int) -> list[dict]:
+
+def feeds(
+    bundle: Bundle, images: np.ndarray, batch: int, profile: str = "prefill", engine=None
+) -> list[dict]:
+    """Engine inputs for ``profile`` from real images; ``engine`` (an OrtEngine on the engine's
+    source ONNX file) computes the caches the decode and extend feeds start from."""
     tok, cfg = bundle.tokenizer, bundle.model_config
     hs = cfg["d_model"] // cfg["n_head"]
     tokens = tok.encode_prepared(images)
     seqs = np.concatenate([np.full((len(tokens), 1), tok.bos, dtype=np.int64), tokens], axis=1)
+    split = {"prefill": 0, "decode": seqs.shape[1] - 1, "extend": seqs.shape[1] // 2}[profile]
     out = []
     for i in range(0, len(seqs), batch):
         ids = seqs[i : i + batch]
-        empty = np.zeros((len(ids), cfg["n_head"], 0, hs), dtype=np.float32)
-        feed = {mf.INPUT_IDS: ids}
-        for layer in range(cfg["n_layer"]):
-            feed[mf.past_key(layer)] = feed[mf.past_value(layer)] = empty
+        if split == 0:
+            empty = np.zeros((len(ids), cfg["n_head"], 0, hs), dtype=np.float32)
+            past = [(empty, empty)] * cfg["n_layer"]
+        else:
+            _, past = engine.prefill(ids[:, :split])
+        feed = {mf.INPUT_IDS: np.ascontiguousarray(ids[:, split:])}
+        for layer, (k, v) in enumerate(past):
+            feed[mf.past_key(layer)], feed[mf.past_value(layer)] = k, v
         out.append(feed)
     return out
 
@@ -69,21 +85,33 @@ def main(bundle_dir, key, data, images, batch, atol, rtol) -> None:
         test = load_source(data, "test", tok, tok.config.channels).subset(images)
     except (BundleError, EngineMismatchError, TensorRTUnavailable, ValueError, KeyError) as e:
         raise click.ClickException(str(e)) from e
+    from pixlm.runtime.engine import OrtEngine
+
     source = bundle.root / meta["source_onnx"]
-    runners = [
-        OnnxrtRunner(SessionFromOnnx(str(source))),
-        TrtRunner(EngineFromBytes(BytesFromPath(str(bundle.path(key)))), optimization_profile=0),
-    ]
-    results = Comparator.run(runners, data_loader=feeds(bundle, test.images, batch))
-    close = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
+    ort_engine = OrtEngine(source)
     first = bundle.vocabulary["first_label"]
-    agree = total = 0
-    (_, ort_runs), (_, trt_runs) = results.items()
-    for a, b in zip(ort_runs, trt_runs, strict=True):
-        la, lb = a[mf.LOGITS][:, -1, first:].argmax(-1), b[mf.LOGITS][:, -1, first:].argmax(-1)
-        agree, total = agree + int((la == lb).sum()), total + len(la)
-    click.echo(f"{key}: logits within atol {atol} rtol {rtol}: {close}; label argmax agrees {agree}/{total}")
-    sys.exit(0 if close and agree == total else 1)
+    ok = True
+    for index, profile in enumerate(PROFILES[: len(meta["profiles"])]):
+        runners = [
+            OnnxrtRunner(SessionFromOnnx(str(source))),
+            TrtRunner(EngineFromBytes(BytesFromPath(str(bundle.path(key)))), optimization_profile=index),
+        ]
+        loader = feeds(bundle, test.images, batch, profile, ort_engine)
+        results = Comparator.run(runners, data_loader=loader)
+        close = bool(
+            Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+        )
+        agree = total = 0
+        (_, ort_runs), (_, trt_runs) = results.items()
+        for a, b in zip(ort_runs, trt_runs, strict=True):
+            la, lb = a[mf.LOGITS][:, -1, first:].argmax(-1), b[mf.LOGITS][:, -1, first:].argmax(-1)
+            agree, total = agree + int((la == lb).sum()), total + len(la)
+        click.echo(
+            f"{key} {profile}: logits within atol {atol} rtol {rtol}: {close}; "
+            f"label argmax agrees {agree}/{total}"
+        )
+        ok = ok and close and agree == total
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

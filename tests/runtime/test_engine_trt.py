@@ -106,3 +106,27 @@ def test_supported_version_ranges(what, version, supported, ok):
     else:
         with pytest.raises(TensorRTUnavailable, match=rf"{what} {version} found; pixlm supports"):
             check_version(what, version, supported, "hint")
+
+
+@pytest.mark.parametrize("profile", ["prefill", "decode", "extend"])
+def test_parity_feeds_reproduce_the_full_forward(tiny_bundle, profile):
+    """trt_parity now checks every profile (issue 11, B5): its decode and extend feeds, a cache from
+    ONNX Runtime plus the rest of the image, give the full forward's last logits on ONNX Runtime."""
+    from pixlm.data import load_fashion_mnist
+    from pixlm.export.trt_parity import feeds
+    from pixlm.runtime.bundle import Bundle
+    from pixlm.runtime.engine import OrtEngine
+
+    bundle = Bundle.load(tiny_bundle)
+    engine = OrtEngine(bundle.path("fp32"), threads=1)
+    images = load_fashion_mnist(split="test").images[:6]
+    (full,) = feeds(bundle, images, 6, "prefill")
+    (part,) = feeds(bundle, images, 6, profile, engine)
+    n = full["input_ids"].shape[1]
+    assert part["input_ids"].shape[1] == {"prefill": n, "decode": 1, "extend": n - n // 2}[profile]
+    want, _ = engine.run(full["input_ids"])
+    past = [
+        (part[f"past_key_values.{i}.key"], part[f"past_key_values.{i}.value"]) for i in range(engine.n_layer)
+    ]
+    got, _ = engine.run(part["input_ids"], past)
+    assert np.allclose(got[:, -1], want[:, -1], atol=1e-4)
