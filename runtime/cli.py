@@ -226,12 +226,13 @@ def run(
     n = 0
 
     def on_signal(signum, _frame) -> None:
+        # Never raises: an exception thrown into the set-up could land inside a C extension's
+        # import (ONNX Runtime's), which turns it into an ImportError. Set-up finishes (about a
+        # second), then nothing streams.
         nonlocal stopped_by
         stopped_by = signum
         if streamer is not None:
             streamer.stop()  # ends the loop after the current batch; outputs then close
-        else:
-            raise _Stopped  # still setting up: abandon it
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -272,13 +273,12 @@ def run(
             on_metrics=lambda s: click.echo(s, err=True),
             metrics_every=metrics_every,
         )
-        with streamer:
-            for fr in streamer:
-                n += 1
-                for sink in sinks:
-                    sink.write(fr)
-    except _Stopped:
-        pass
+        if stopped_by is None:  # a signal during set-up: close the outputs, stream nothing
+            with streamer:
+                for fr in streamer:
+                    n += 1
+                    for sink in sinks:
+                        sink.write(fr)
     except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -300,10 +300,6 @@ def run(
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
         sys.exit(128 + stopped_by)
-
-
-class _Stopped(BaseException):  # not an Exception: nothing on the way may swallow it
-    """A signal arrived before streaming began: nothing to finish, only outputs to close."""
 
 
 def _on_event(e, jsonl_sink) -> None:

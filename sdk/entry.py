@@ -11,8 +11,14 @@ def main() -> None:
         from pixlm.cli import main as cli
 
         cli(prog_name="pixlm")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ImportError) as e:
         import sys
 
+        # Ctrl-C inside a C extension's import (OpenCV, ONNX Runtime) surfaces as an ImportError
+        interrupted = isinstance(e, KeyboardInterrupt) or isinstance(
+            e.__cause__ or e.__context__, KeyboardInterrupt
+        )
+        if not interrupted:
+            raise
         print("interrupted", file=sys.stderr)
         sys.exit(130)
