@@ -18,6 +18,16 @@ def _fail(msg: str) -> None:
     raise click.ClickException(msg)
 
 
+def _int_list(ctx, param, value: str | None) -> list[int] | None:
+    """'3,5' -> [3, 5] for a comma-separated option; click's usage error names the option."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} must be comma-separated integers, e.g. 3,5") from None
+
+
 def _grid(value: str | None) -> tuple[int, int] | None:
     from pixlm.runtime.cli import parse_grid  # the same RxC parsing as `pixlm run --grid`
 
@@ -67,6 +77,7 @@ def main() -> None:
 @click.option(
     "--classes",
     default=None,
+    callback=_int_list,
     help="Train on these label indices only, comma-separated (e.g. 8: a one-class model of bags).",
 )
 @click.option(
@@ -144,11 +155,6 @@ def train(**o) -> None:
         "dropout": o.pop("dropout"),
     }
     o["eval_images"] = {0: None, -1: 0}.get(o["eval_images"], o["eval_images"])
-    try:
-        if o["classes"] is not None:
-            o["classes"] = [int(c) for c in o["classes"].split(",")]
-    except ValueError:
-        _fail("--classes must look like 8 or 3,5 (label indices)")
     cfg = TrainConfig(**o, height=h, width=w, model=model)
     cfg.channels = int(cfg.channels)
     bar = None
@@ -287,7 +293,9 @@ def _study_options(f):
 
 @study.command("one-class")
 @_study_options
-@click.option("--classes", default="0,1,2,3,4,5,6,7,8,9", show_default=True, help="Label indices.")
+@click.option(
+    "--classes", default="0,1,2,3,4,5,6,7,8,9", show_default=True, callback=_int_list, help="Label indices."
+)
 @click.option("--epochs", type=click.FloatRange(min=0.1), default=4.0, show_default=True)
 @click.option(
     "--runs",
@@ -308,16 +316,12 @@ def one_class(quick, out, threads, classes, epochs, runs, max_minutes) -> None:
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        picked = [int(c) for c in classes.split(",")]
-    except ValueError:
-        _fail("--classes must look like 0,1,2 (label indices)")
-    if any(not 0 <= c <= 9 for c in picked):
+    if any(not 0 <= c <= 9 for c in classes):
         _fail("--classes: Fashion-MNIST label indices are 0..9")
     opts = study_mod.OneClassOptions(
         out=Path(out),
         runs=Path(runs),
-        classes=picked,
+        classes=classes,
         epochs=epochs,
         threads=threads,
         max_minutes=max_minutes,
@@ -422,7 +426,9 @@ def scene(quick, out, threads, video, grid, epochs, model_path, channels, max_mi
     show_default=True,
     help="A model pretrained without labels (pixlm train --label-weight 0).",
 )
-@click.option("--per-class", default="10,100", show_default=True, help="Labelled images per class.")
+@click.option(
+    "--per-class", default="10,100", show_default=True, callback=_int_list, help="Labelled images per class."
+)
 @click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--runs", type=click.Path(file_okay=False), default="runs/few-labels", show_default=True)
 def few_labels(quick, out, threads, pretrained, per_class, draws, runs) -> None:
@@ -439,15 +445,11 @@ def few_labels(quick, out, threads, pretrained, per_class, draws, runs) -> None:
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        ns = [int(n) for n in per_class.split(",")]
-    except ValueError:
-        _fail("--per-class must look like 10,100")
     opts = study_mod.FewLabelsOptions(
         pretrained=Path(pretrained),
         out=Path(out),
         runs=Path(runs),
-        per_class=ns,
+        per_class=per_class,
         draws=draws,
         threads=threads,
         quick=quick,
