@@ -288,7 +288,22 @@ def study() -> None:
 def _study_options(f):
     f = click.option("--quick", is_flag=True, help="Minutes, not hours: tiny models, fewer images.")(f)
     f = click.option("--out", type=click.Path(file_okay=False), default="out/studies", show_default=True)(f)
-    return click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")(f)
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        callback=_torch_threads,
+        help="torch CPU threads.",
+    )(f)
+
+
+def _torch_threads(ctx, param, value: int | None) -> int | None:
+    """--threads of every study: set before the study imports and runs anything."""
+    if value:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
 
 
 @study.command("one-class")
@@ -310,12 +325,8 @@ def one_class(quick, out, threads, classes, epochs, runs, max_minutes) -> None:
 
     Classes already in OUT/one-class.json are kept: an interrupted study continues.
     """
-    import torch
-
     from pixlm.studies import one_class as study_mod
 
-    if threads:
-        torch.set_num_threads(threads)
     if any(not 0 <= c <= 9 for c in classes):
         _fail("--classes: Fashion-MNIST label indices are 0..9")
     opts = study_mod.OneClassOptions(
@@ -347,12 +358,8 @@ def ood(quick, out, threads, checkpoint) -> None:
     Digits, street crops and tiles of vtest.avi, noise and constant images against Fashion-MNIST
     test images; raw likelihood, the PNG-corrected score, label confidence and the runtime's gate.
     """
-    import torch
-
     from pixlm.studies import ood as study_mod
 
-    if threads:
-        torch.set_num_threads(threads)
     opts = study_mod.OODOptions(
         out=Path(out), checkpoint=Path(checkpoint) if checkpoint else None, quick=quick
     )
@@ -389,12 +396,8 @@ def scene(quick, out, threads, video, grid, epochs, model_path, channels, max_mi
     Trains on the first 60% of the clip's frames (tiles of --grid), pastes bags into half of the
     tiles of the rest, and reports region and pixel AUROC beside OpenCV's MOG2.
     """
-    import torch
-
     from pixlm.studies import scene as study_mod
 
-    if threads:
-        torch.set_num_threads(threads)
     opts = study_mod.SceneOptions(
         out=Path(out),
         model_path=Path(model_path),
@@ -439,12 +442,8 @@ def few_labels(quick, out, threads, pretrained, per_class, draws, runs) -> None:
       pixlm train --label-weight 0 --epochs 5 --precision bf16 -o runs/fm-pretrain.pt
     Runs already in OUT/few-labels.json are kept: an interrupted study continues.
     """
-    import torch
-
     from pixlm.studies import few_labels as study_mod
 
-    if threads:
-        torch.set_num_threads(threads)
     opts = study_mod.FewLabelsOptions(
         pretrained=Path(pretrained),
         out=Path(out),

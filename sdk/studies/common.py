@@ -71,6 +71,15 @@ def image_scores(
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+@torch.no_grad()
+def features_of(model: PixLM, tok: Tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Only the mean-pooled middle-layer features (B, d_model): what probes and Mahalanobis read."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        out.append(model.features(torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))).numpy())
+    return np.concatenate(out)
+
+
 def gate_features(s: dict[str, np.ndarray], tok: Tokenizer) -> np.ndarray:
     """The runtime's open-set features (``pixlm.runtime.novelty.FEATURES``) from ``image_scores``."""
     return novelty.features(s["bits"], s["probs"], s["png"], tok.config.patch**2)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pixlm import checkpoint
 from pixlm.data import Dataset, load_fashion_mnist, shift_batch
 from pixlm.evaluate import predict
-from pixlm.studies.common import line_plot, read_json, write_json, write_png
+from pixlm.studies.common import features_of, line_plot, read_json, write_json, write_png
 from pixlm.train import TrainConfig, train
 
 METHODS = ("pixlm fine-tune", "pixlm linear probe", "CNN from scratch")
@@ -120,14 +120,6 @@ def finetune_pixlm(opts: FewLabelsOptions, n: int, draw: int, test: Dataset) -> 
     return float((probs.argmax(1) == test.labels).mean())
 
 
-@torch.no_grad()
-def pixlm_features(model, tok, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = []
-    for i in range(0, len(images), batch_size):
-        out.append(model.features(torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))).numpy())
-    return np.concatenate(out)
-
-
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
     """Logistic regression on standardised frozen features (scikit-learn, default L2, C=1)."""
     from sklearn.linear_model import LogisticRegression
@@ -157,7 +149,7 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
         **state.get("metrics", {}),
     }
     log("linear-probe features of the test images")
-    test_feats = pixlm_features(model, tok, test.images)
+    test_feats = features_of(model, tok, test.images)
     jobs = [(n, d) for d in range(opts.draws) for n in opts.per_class]  # draw by draw: a cut-off run
     # still covers every size
     for n, d in tqdm(jobs, desc="few-label runs", disable=None):
@@ -168,7 +160,7 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
         labelled = train_set.per_class(n, seed=d)
         r = {
             "pixlm linear probe": linear_probe(
-                pixlm_features(model, tok, labelled.images), labelled.labels, test_feats, test.labels
+                features_of(model, tok, labelled.images), labelled.labels, test_feats, test.labels
             ),
             "CNN from scratch": cnn_accuracy(train_cnn(labelled, d, opts.quick), test),
             "pixlm fine-tune": finetune_pixlm(opts, n, d, test),

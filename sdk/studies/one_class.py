@@ -32,6 +32,7 @@ from pixlm.data import FASHION_MNIST_LABELS, load_fashion_mnist
 from pixlm.runtime.novelty import OODGate
 from pixlm.studies.common import (
     auroc,
+    features_of,
     image_scores,
     line_plot,
     read_json,
@@ -127,7 +128,7 @@ def score_class(c: int, model_path: Path, calib: np.ndarray, normal: np.ndarray,
     """AUROC of every score for class ``c`` (normal) against the other classes of ``test``."""
     model, tok, _ = checkpoint.load(model_path)
     cal = image_scores(model, tok, calib)
-    seen = image_scores(model, tok, normal)["features"]  # the training images' features
+    seen = features_of(model, tok, normal)  # the training images' features (no PNG, no NLL needed)
     tst = image_scores(model, tok, test.images)
     ppt = tok.config.patch**2
 
