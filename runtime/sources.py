@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 MAX_BACKOFF_S = 30.0  # the longest wait between two reconnect attempts
 FILE_QUEUE_SIZE = 8  # frames a file source decodes ahead of the consumer
+# A live read that blocks this fraction of the timeout or longer and then returns a frame gave a
+# decoder's buffered frame from a stalled stream (see LiveSource._pump).
+STALE_READ = 0.8
 STATUSES = ("opening", "ok", "timeout", "reconnecting", "eos", "error", "closed")
 
 
@@ -325,6 +328,7 @@ class LiveSource(Source):
         got_frame = False
         silent_since = time.monotonic()
         while not self._stop.is_set():
+            asked = time.monotonic()
             ok, image = cap.read()  # bounded by the capture's read timeout where the backend has one
             now = time.monotonic()
             image = _as_bgr(image) if ok else None
@@ -336,6 +340,12 @@ class LiveSource(Source):
                 self._count("corrupt")
                 if now - silent_since > self.timeout_s:
                     return got_frame, f"only corrupt frames for {self.timeout_s:g} s"
+                continue
+            if got_frame and now - asked >= STALE_READ * self.timeout_s:
+                # A frozen server: FFmpeg's read timeout fired and the decoder handed out a frame it
+                # had buffered. Old news, not a sign of life: no "resumed", and not delivered. (So
+                # timeout_s must exceed the camera's frame interval by a margin; 5 s does.)
+                self._count("dropped")
                 continue
             silent_since = self._last_frame = now
             if not got_frame:

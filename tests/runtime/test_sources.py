@@ -111,6 +111,28 @@ def test_rtsp_reconnects_after_server_restart(procs):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not has_rtsp_server(), reason="needs python3-gi + gir1.2-gst-rtsp-server-1.0")
+def test_a_frozen_rtsp_server_times_out_once_without_flapping(procs):
+    """SIGSTOP the server: FFmpeg's read timeout makes the decoder hand out buffered frames, one per
+    timeout, which used to flip the status back to "ok resumed" twice. Status must go timeout ->
+    reconnecting only, nothing stale is delivered, and the thawed server brings "ok" back."""
+    port = free_port()
+    server = procs([SYSTEM_PYTHON, str(RTSP_SERVER), str(port)], ready="READY")
+    events: list[SourceEvent] = []
+    url = f"rtsp://127.0.0.1:{port}/test"
+    with open_source(url, timeout_s=2.0, backoff=0.2, reconnect_attempts=50, on_event=events.append) as src:
+        assert len(collect(src, 5, timeout=20)) == 5, events
+        t_freeze = time.time()
+        server.send_signal(signal.SIGSTOP)
+        frozen = collect(src, 100, timeout=12, after=t_freeze + 1.0)
+        during = statuses_since(events, t_freeze)
+        server.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: src.status == "ok", 25, src), events
+    assert frozen == [], f"{len(frozen)} stale frames delivered from a frozen server"
+    assert during[0] == "timeout" and set(during[1:]) == {"reconnecting"}, during
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 @pytest.mark.parametrize("outage", ["kill", "stall"])
 def test_http_mjpeg_reconnects_after_camera_restart(procs, outage):
