@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := dataset-fashion-mnist opencv-doc ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav
 
-.PHONY: setup system demo test lint format clean
+.PHONY: setup system demo test lint format clean soak
 
 setup: system $(VENV)/.installed
 
@@ -55,6 +55,10 @@ format: setup
 test: lint
 	$(BIN)/pytest -q tests/runtime
 	$(BIN)/pytest -q tests --ignore=tests/runtime
+
+# 30 minutes: 3 RTSP cameras (killed in turn) + 2 looping files; figures to docs/figures/soak.*
+soak: setup
+	$(BIN)/python benchmarks/soak.py --minutes 30
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -135,6 +135,13 @@ def ensure_default_bundle() -> Path:
     "--realtime", is_flag=True, help="Pace files at their frame rate (default: as fast as possible)."
 )
 @click.option(
+    "--loop",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Play files N times; 0 plays them forever (a file as a demo camera).",
+)
+@click.option(
     "--prefix-reuse/--no-prefix-reuse",
     default=True,
     show_default=True,
@@ -182,6 +189,7 @@ def run(
     anomaly_score,
     stride,
     realtime,
+    loop,
     prefix_reuse,
     unknown,
     threads,
@@ -267,6 +275,7 @@ def run(
             max_frames=max_frames,
             stride=stride,
             realtime=realtime,
+            loop=loop,
             timeout_s=timeout_s,
             reconnect_attempts=reconnect_attempts,
             on_event=lambda e: _on_event(e, jsonl_sink),

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from pixlm.runtime import manifest as mf
+from pixlm.runtime.trt_buffers import DeviceBuffers
+from pixlm.runtime.trt_buffers import check as _check
 
 REBUILD_HINT = "rebuild it on this device: pixlm-export CHECKPOINT -o OUT_DIR --tensorrt"
 
@@ -138,13 +140,6 @@ def _cudart():
     return cudart
 
 
-def _check(result):
-    err, *rest = result
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    return rest[0] if len(rest) == 1 else rest
-
-
 def current_device() -> dict:
     """{"gpu": name, "compute_capability": "8.7"} of CUDA device 0."""
     try:
@@ -184,7 +179,12 @@ def check_engine_metadata(
 
 
 class TrtEngine:
-    """The :class:`pixlm.runtime.engine.Engine` interface over a TensorRT engine file."""
+    """The :class:`pixlm.runtime.engine.Engine` interface over a TensorRT engine file.
+
+    Memory (``pixlm.runtime.trt_buffers``): every buffer is allocated once, at the profiles'
+    largest shapes; ``run`` returns the present cache as :class:`DeviceKV` views that stay on the
+    GPU, so a decode loop that feeds them back copies no KV at all.
+    """
 
     def __init__(self, engine_path: str | os.PathLike, metadata_path: str | os.PathLike | None = None):
         trt = import_tensorrt()
@@ -201,65 +201,77 @@ class TrtEngine:
         self._contexts = []
         for profile in range(self.engine.num_optimization_profiles):
             ctx = self.engine.create_execution_context()
-            ctx.set_optimization_profile_async(profile, self._stream)
+            ctx.set_optimization_profile_async(profile, int(self._stream))
             self._contexts.append(ctx)
         self.rules = ProfileRules(self.metadata["profiles"])
         self.max_batch, self.chunked_past = self.rules.max_batch, self.rules.chunked_past
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.n_layer = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
+        prefill = self.metadata["profiles"][0]["shapes"][mf.INPUT_IDS][2]
         shape = self.metadata["profiles"][1]["shapes"][mf.past_key(0)][2]
         self.n_head, self.head_dim = shape[1], shape[3]
         self.vocab_size = int(self.engine.get_tensor_shape(mf.LOGITS)[-1])
+        self.buffers = DeviceBuffers(
+            self._cudart,
+            int(self._stream),
+            max_batch=self.max_batch,
+            max_tokens=int(prefill[1]),  # BOS + every image token: the longest sequence
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            head_dim=self.head_dim,
+            vocab=self.vocab_size,
+        )
 
     def run(self, input_ids: np.ndarray, past=None):
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         B, T = input_ids.shape
-        if past is None:
-            z = np.zeros((B, self.n_head, 0, self.head_dim), np.float32)
-            past = [(z, z)] * self.n_layer
-        P = past[0][0].shape[2]
+        P = 0 if past is None else past[0][0].shape[2]
         ctx = self._contexts[self.rules.select(B, T, P)]
-        feed = {mf.INPUT_IDS: input_ids}
-        for i, (k, v) in enumerate(past):
-            feed[mf.past_key(i)] = np.ascontiguousarray(k, np.float32)
-            feed[mf.past_value(i)] = np.ascontiguousarray(v, np.float32)
-        cudart, buffers, outputs = self._cudart, [], {}
-        try:
-            for name, host in feed.items():
-                ctx.set_input_shape(name, host.shape)
-                ptr = _check(cudart.cudaMalloc(max(host.nbytes, 1)))
-                buffers.append(ptr)
-                if host.nbytes:
-                    _check(
-                        cudart.cudaMemcpy(
-                            ptr, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-                        )
-                    )
-                ctx.set_tensor_address(name, ptr)
-            for name in mf.output_names(self.n_layer):
-                host = np.empty(tuple(ctx.get_tensor_shape(name)), np.float32)
-                ptr = _check(cudart.cudaMalloc(max(host.nbytes, 1)))
-                buffers.append(ptr)
-                ctx.set_tensor_address(name, ptr)
-                outputs[name] = (host, ptr)
+        buf = self.buffers
+        with buf.lock:
+            resident = None if past is None else buf.resident_set(past)
+            if resident is None:  # host arrays (or nothing): upload into set 0, present into set 1
+                past_set, out_set = 0, 1
+                if past is not None:
+                    buf.claim(past_set)
+                for i, t in enumerate(t for kv in past or [] for t in kv):
+                    buf.upload_kv(past_set, i, np.ascontiguousarray(t, np.float32))
+            else:  # the previous present, still on the device: bound as is, no copy
+                past_set, out_set = resident, 1 - resident
+            buf.claim(out_set)
+            buf.upload_ids(input_ids)
+            self._shape(ctx, mf.INPUT_IDS, input_ids.shape)
+            ctx.set_tensor_address(mf.INPUT_IDS, buf.ids)
+            past_names = mf.input_names(self.n_layer)[1:]
+            for i, name in enumerate(past_names):
+                self._shape(ctx, name, (B, self.n_head, P, self.head_dim))
+                ctx.set_tensor_address(name, buf.kv[past_set][i])
+            present_names = mf.output_names(self.n_layer)[1:]
+            ctx.set_tensor_address(mf.LOGITS, buf.logits)
+            for i, name in enumerate(present_names):
+                ctx.set_tensor_address(name, buf.kv[out_set][i])
             if not ctx.execute_async_v3(int(self._stream)):  # TensorRT 10 takes the handle as an int
                 raise RuntimeError(f"{self.path}: TensorRT execution failed")
-            for host, ptr in outputs.values():
-                _check(
-                    cudart.cudaMemcpyAsync(
-                        host.ctypes.data,
-                        ptr,
-                        host.nbytes,
-                        cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                        self._stream,
-                    )
-                )
-            _check(cudart.cudaStreamSynchronize(self._stream))
-        finally:
-            for ptr in buffers:
-                cudart.cudaFree(ptr)
-        o = [outputs[n][0] for n in mf.output_names(self.n_layer)]
-        return o[0], [(o[1 + 2 * i], o[2 + 2 * i]) for i in range(self.n_layer)]
+            logits = buf.download_logits(tuple(ctx.get_tensor_shape(mf.LOGITS)))  # synchronizes
+            shapes = [tuple(ctx.get_tensor_shape(n)) for n in present_names]
+            views = [buf.present(out_set, i, shape) for i, shape in enumerate(shapes)]
+        return logits, [(views[2 * i], views[2 * i + 1]) for i in range(self.n_layer)]
 
     def prefill(self, input_ids: np.ndarray):
         return self.run(input_ids, None)
+
+    def _shape(self, ctx, name: str, shape: tuple[int, ...]) -> None:
+        if not ctx.set_input_shape(name, tuple(int(d) for d in shape)):  # False: outside the profile
+            raise ValueError(f"{self.path}: TensorRT refused shape {tuple(shape)} for {name}")
+
+    def close(self) -> None:
+        """Free the GPU and pinned memory (also done when the engine is garbage-collected)."""
+        if getattr(self, "buffers", None) is not None:
+            self.buffers.free()
+            self.buffers = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -2,20 +2,22 @@
 
 ::
 
-    source threads --frames--> Streamer: regions (ROI / grid) -> crops -> tokens
-                                  |  batch: up to max_batch crops or max_wait_ms, all sources
+    source threads --frames--> worker: regions (ROI / grid) -> crops -> tokens
+                                  |  one lane per source (runtime/lanes.py): live keeps the newest
+                                  v
+                 batch: up to max_batch crops or max_wait_ms, fair across sources, live first
+                                  |
                                   v
                       engine (full prefill, or prefix reuse per region) -> FrameResult
 
 Like DeepStream's stream muxer, crops from all sources share one engine call, bounded by a maximum
-batch and a maximum wait. With ``prefix_reuse`` each region keeps its previous tokens and KV
-cache, and the engine runs only from the first token that changed (exact, see
-``Recognizer.predict_tokens_reusing``).
+batch and a maximum wait. A file playing beside a camera never delays the camera's newest frame.
+With ``prefix_reuse`` each region keeps its previous tokens and KV cache, and the engine runs only
+from the first token that changed (exact, see ``Recognizer.predict_tokens_reusing``).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -24,15 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pixlm.runtime.lanes import Lanes
 from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
-from pixlm.runtime.sources import (
-    Frame,
-    Source,
-    SourceEvent,
-    open_source,
-    put_unless_stopped,
-    source_names,
-)
+from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
 
 MAX_REGIONS = 1024  # regions per frame: beyond it a grid is a typo, and memory grows with it
 
@@ -123,6 +119,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.skipped: dict[str, int] = {}  # frames whose size cannot serve the regions (running total)
+        self.replaced: dict[str, int] = {}  # live frames a newer one replaced before the engine (total)
         self.reset()
 
     def reset(self) -> None:
@@ -136,7 +133,7 @@ class Metrics:
         n = max(sum(self.frames.values()), 1)
         stages = " ".join(f"{k} {v / n:.2f}" for k, v in self.ms.items())
         fps = " ".join(f"{s.name}={self.frames.get(s.name, 0) / dt:.1f}" for s in sources)
-        dropped = sum(s.stats().dropped for s in sources)
+        dropped = sum(s.stats().dropped for s in sources) + sum(self.replaced.values())
         corrupt = sum(s.stats().corrupt for s in sources)
         skipped = sum(self.skipped.values())
         lat = f"{np.median(self.latency):.1f}" if self.latency else "-"
@@ -162,16 +159,15 @@ class _Prepared:
     tokenize_ms: float
 
 
-_DONE = object()  # the worker's last item: every source has ended
-
-
 class Streamer:
     """Iterate over ``FrameResult`` from several sources. Use as a context manager.
 
     ``rois``: regions (x, y, w, h) for every source, or ``{uri: [(x, y, w, h), ...]}``;
     ``grid``: (rows, cols) tiles instead; neither: the whole frame. ``max_frames``: stop after that
-    many frames in all. ``on_event``: receives source status events (ok, timeout, reconnecting,
-    eos, error); ``on_metrics``: receives a metrics line every ``metrics_every`` seconds.
+    many frames in all. ``loop``: play files that many times, 0 = forever (a file as a demo
+    camera; frame numbers restart each pass). ``on_event``: receives source status events (ok,
+    timeout, reconnecting, eos, error); ``on_metrics``: receives a metrics line every
+    ``metrics_every`` seconds.
     """
 
     def __init__(
@@ -201,6 +197,8 @@ class Streamer:
             raise ValueError("no sources given")
         if rois is not None and grid is not None:
             raise ValueError("give regions of interest or a grid, not both")
+        if loop < 0:
+            raise ValueError("loop must be >= 0 (0 = forever)")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if grid is not None and grid[0] * grid[1] > MAX_REGIONS:
@@ -219,7 +217,8 @@ class Streamer:
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self.metrics = Metrics()
         self._stop = threading.Event()
-        self._ready: queue.Queue = queue.Queue(maxsize=4 * max_batch)
+        self._lanes = Lanes(depth=max_batch)  # prepared frames, one lane per source
+        self.metrics.replaced = self._lanes.dropped
         self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
         self._memory: dict[tuple[str, str], _Prefix | None] = {}
         self._open = dict(
@@ -259,38 +258,22 @@ class Streamer:
             self.__enter__()
         worker = threading.Thread(target=self._prepare_loop, name="pixlm-prepare", daemon=True)
         worker.start()
-        pending: list[_Prepared] = []
-        first_at, done, finished = 0.0, 0, False
+        done = 0
         last_metrics = time.monotonic()
         try:
             while not self._stop.is_set():
-                wait = 0.1 if not pending else max(0.0, first_at + self.max_wait - time.monotonic())
-                t0 = time.perf_counter()
-                try:
-                    item = self._ready.get(timeout=wait)
-                except queue.Empty:
-                    item = None
-                self.metrics.ms["capture_wait"] += 1e3 * (time.perf_counter() - t0)
-                if item is _DONE:
-                    finished = True
-                elif isinstance(item, BaseException):
-                    raise item
-                elif item is not None:
-                    if not pending:
-                        first_at = time.monotonic()
-                    pending.append(item)
                 left = None if self.max_frames is None else self.max_frames - done
-                crops = sum(len(p.regions) for p in pending)
-                full = crops >= self.max_batch or (left is not None and len(pending) >= left)
-                if pending and (full or finished or time.monotonic() - first_at >= self.max_wait):
-                    for result in self._run(pending[:left]):
+                t0 = time.perf_counter()
+                batch = self._lanes.take(self.max_batch, left, first_wait=0.1, window=self.max_wait)
+                self.metrics.ms["capture_wait"] += 1e3 * (time.perf_counter() - t0)
+                if batch is None:  # every source ended and every frame was served
+                    break
+                if batch:
+                    for result in self._run(batch):
                         done += 1
                         yield result
-                    pending = []
                     if left is not None and done >= self.max_frames:
                         break
-                if finished and not pending:
-                    break
                 if self.on_metrics and time.monotonic() - last_metrics >= self.metrics_every:
                     self.on_metrics(self.metrics.line(self.sources, self.rec))
                     self.metrics.reset()
@@ -305,14 +288,19 @@ class Streamer:
         """Worker thread: poll the sources, crop and tokenize each new frame, queue it.
 
         Runs beside the engine calls of the main thread (OpenCV and numpy release the GIL), so
-        decoding and tokenizing overlap inference. A full queue blocks it: back-pressure.
+        decoding and tokenizing overlap inference. Live sources are polled first; a file whose lane
+        is full is left alone until the engine takes from it (back-pressure).
         """
         try:
             while not self._stop.is_set():
                 got = False
-                for i, s in enumerate(self.sources):
+                for i in sorted(range(len(self.sources)), key=lambda i: not self.sources[i].live):
+                    s = self.sources[i]
+                    if not self._lanes.has_room(s.name, s.live):
+                        continue
                     frame = s.read(timeout=0)
-                    if frame is None and s.eos and self._passes[s.name] < self.loop:
+                    again = self.loop == 0 or self._passes[s.name] < self.loop
+                    if frame is None and s.eos and again:
                         self._passes[s.name] += 1  # benchmarks: replay a file
                         s.close()
                         self.sources[i] = s = open_source(self.uris[i], name=self._names[i], **self._open)
@@ -330,19 +318,16 @@ class Streamer:
                         tokens = self.rec.tokenizer.encode_batch([r.crop(image) for r in regions])
                     except ValueError as e:  # e.g. a grey frame for a colour model
                         raise ValueError(f"{frame.source}: frame {frame.index}: {e}") from None
-                    self._hand_over(_Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0)))
+                    prepared = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
+                    self._lanes.put(s.name, prepared, s.live)
                 if not got:
                     if all(s.eos or s.status == "error" for s in self.sources):
                         break
-                    time.sleep(0.001)
+                    time.sleep(0.002)
         except BaseException as e:  # handed to the consumer, which raises it
-            self._hand_over(e)
+            self._lanes.finish(e)
             return
-        self._hand_over(_DONE)
-
-    def _hand_over(self, item: object) -> None:
-        """Queue ``item`` for the consumer; give up once the stream is stopped (it reads no more)."""
-        put_unless_stopped(self._ready, item, self._stop)
+        self._lanes.finish()
 
     def _regions_of(self, frame: Frame) -> list[Region] | None:
         """The regions of a frame of this size (recomputed when a source's frame size changes).

@@ -130,3 +130,88 @@ def test_parity_feeds_reproduce_the_full_forward(tiny_bundle, profile):
     ]
     got, _ = engine.run(part["input_ids"], past)
     assert np.allclose(got[:, -1], want[:, -1], atol=1e-4)
+
+
+# -- the TensorRT engine's memory, on a simulated TensorRT 10 / CUDA (issue 11, B4) -----------------
+import trt_simulator  # noqa: E402
+
+from pixlm.runtime.engine import OrtEngine  # noqa: E402
+
+
+@pytest.fixture
+def trt_engine(tiny_bundle, tmp_path, monkeypatch):
+    """A TrtEngine over the tiny bundle's fp32 ONNX: the real engine code, on the simulated API."""
+    from pixlm.runtime.bundle import Bundle
+    from pixlm.runtime.engine_trt import TrtEngine
+
+    memory = trt_simulator.install(monkeypatch)
+    bundle = Bundle.load(tiny_bundle)
+    path = trt_simulator.write_engine(
+        bundle.path("fp32"), tmp_path / "m.engine", profiles(bundle.model_config, max_batch=8)
+    )
+    engine = TrtEngine(path)
+    yield engine, OrtEngine(bundle.path("fp32"), threads=1), memory, bundle
+    engine.close()
+
+
+def test_tensorrt_engine_allocates_once_and_keeps_the_kv_on_the_device(trt_engine):
+    """Before: cudaMalloc/cudaFree for every tensor of every call, and the whole KV cache copied
+    host -> device on every decode step. Now: buffers at init only; a decode step moves the new
+    token in and the logits out, nothing else."""
+    engine, ort_engine, memory, bundle = trt_engine
+    ids = np.random.default_rng(0).integers(0, bundle.tokenizer.n_codes, (4, 30))
+    ids[:, 0] = bundle.tokenizer.bos
+    mallocs = memory.counts["cudaMalloc"], memory.counts["cudaMallocHost"]
+    logits, past = engine.prefill(ids[:, :20])
+    ref_logits, ref_past = ort_engine.prefill(ids[:, :20])
+    assert np.allclose(logits, ref_logits, atol=1e-4)
+    for t in range(20, 30):  # decode: one token per step, the cache fed back as it came out
+        before = dict(memory.counts)
+        logits, past = engine.run(ids[:, t : t + 1], past)
+        ref_logits, ref_past = ort_engine.run(ids[:, t : t + 1], ref_past)
+        assert np.allclose(logits, ref_logits, atol=1e-4), f"decode step {t}"
+        assert memory.counts["h2d_bytes"] - before["h2d_bytes"] == ids[:, t : t + 1].nbytes
+        assert memory.counts["d2h_bytes"] - before["d2h_bytes"] == logits.nbytes
+    assert (memory.counts["cudaMalloc"], memory.counts["cudaMallocHost"]) == mallocs
+    assert np.allclose(np.asarray(past[0][0]), ref_past[0][0], atol=1e-4)  # readable when wanted
+
+
+def test_tensorrt_engine_views_survive_later_calls_and_host_caches_upload(trt_engine):
+    """A present cache held while later calls reuse its GPU buffers is downloaded first, never
+    overwritten; a cache from the host (prefix reuse) goes in through pinned memory."""
+    engine, ort_engine, _, bundle = trt_engine
+    ids = np.random.default_rng(1).integers(0, bundle.tokenizer.n_codes, (3, 25))
+    ids[:, 0] = bundle.tokenizer.bos
+    _, held = engine.prefill(ids[:, :10])
+    _, ref_held = ort_engine.prefill(ids[:, :10])
+    for _ in range(3):  # both ping-pong sets are overwritten
+        engine.prefill(ids[:, :15])
+        _, p = engine.prefill(ids[:, :5])
+        engine.run(ids[:, 5:6], p)
+    host = [(np.asarray(k), np.asarray(v)) for k, v in held]
+    for (k, v), (rk, rv) in zip(host, ref_held, strict=True):
+        assert np.allclose(k, rk, atol=1e-4) and np.allclose(v, rv, atol=1e-4)
+    rows = [(k[1:3, :, :8].copy(), v[1:3, :, :8].copy()) for k, v in host]  # rows, shorter: from the host
+    logits, _ = engine.run(ids[1:3, 8:20], rows)
+    ref, _ = ort_engine.run(ids[1:3, 8:20], [(k[1:3, :, :8], v[1:3, :, :8]) for k, v in ref_held])
+    assert np.allclose(logits, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="no optimization profile"):
+        engine.prefill(np.zeros((9, 5), np.int64))  # beyond max batch 8
+
+
+def test_recognizer_and_streamer_run_on_the_tensorrt_engine(trt_engine):
+    """Prefix reuse across frames and completion through TrtEngine give what ONNX Runtime gives."""
+    engine, ort_engine, _, bundle = trt_engine
+    ort_rec = Recognizer(bundle, ort_engine, "ort-cpu", "fp32", unknown=False)
+    trt_rec = Recognizer(bundle, engine, "tensorrt", "fp32", unknown=False)
+
+    def scores(rec):
+        frames = Streamer(rec, [str(VTEST)], grid=(2, 3), max_frames=5, max_batch=8, prefix_reuse=True)
+        return [[rr.result.score for rr in fr.regions] for fr in frames]
+
+    assert np.allclose(scores(trt_rec), scores(ort_rec), atol=1e-4)
+    assert trt_rec.stats["tokens_saved"] > 0  # the cache path was taken
+    image = np.full((28, 28), 128, np.uint8)
+    a = trt_rec.complete(image, known_rows=5, seed=3)
+    b = ort_rec.complete(image, known_rows=5, seed=3)
+    assert np.array_equal(a, b)

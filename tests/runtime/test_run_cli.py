@@ -279,7 +279,7 @@ def test_overlay_video_keeps_the_source_frame_rate(tiny_bundle, tmp_path):
     assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(25.0, abs=0.01) and frames_in(mp4) == 20
 
 
-@pytest.mark.parametrize("delay", [0.15, 0.4, 0.8])
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.4, 0.6, 0.8])
 def test_early_ctrl_c_is_a_clean_130(tiny_bundle, tmp_path, delay):
     """Ctrl-C while the CLI is still importing or opening the bundle gave a traceback and exit 1
     (issue 11, A9); the real `pixlm` console script, as a user runs it."""
@@ -330,3 +330,18 @@ def test_the_same_source_twice_stays_distinguishable(tiny_bundle, tmp_path):
     assert (
         f"overlay video in {files[0]}, {files[1]}" in err or f"overlay video in {files[1]}, {files[0]}" in err
     )
+
+
+def test_loop_replays_files(tiny_bundle, tmp_path):
+    """`--loop 3` plays a folder of 2 images three times: 6 frames, numbers restarting each pass."""
+    cap = cv2.VideoCapture(str(VTEST))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), cap.read()[1])
+    out = tmp_path / "out.jsonl"
+    p = pixlm_run(str(folder), "--bundle", str(tiny_bundle), "--loop", "3", "--jsonl", str(out), "-q")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert [r["frame"] for r in read_jsonl(out) if r["type"] == "result"] == [0, 1] * 3
+    assert "6 frames from 1 source(s)" in err
