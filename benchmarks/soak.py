@@ -76,15 +76,26 @@ def check_jsonl(path: Path, frames_reported: int) -> dict:
     }
 
 
-def plot(samples: list[dict], kills: list[float], out: Path) -> None:
-    """RSS, threads and descriptors over time, camera kills marked (OpenCV drawing, no matplotlib)."""
+def plot(samples: list[dict], kills: list[float], warmup_s: float, out: Path) -> None:
+    """RSS growth since the warm-up against the goal, threads and descriptors over time; camera
+    kills marked in red along the bottom (OpenCV drawing, no matplotlib)."""
     from pixlm.studies.common import line_plot, write_png
 
     t = np.array([s["t"] for s in samples]) / 60
     span = (0.0, max(float(t[-1]), 1.0))
-    rss = np.array([s["rss_mb"] for s in samples])
+    base = next(s["rss_mb"] for s in samples if s["t"] >= warmup_s)
+    keep = t >= warmup_s / 60
+    growth = np.array([s["rss_mb"] for s in samples])[keep] - base
+    top = max(30.0, float(growth.max()) + 5)
     pictures = [
-        line_plot([("RSS MB", t, rss)], "memory", "minutes", "MB", span, (0, float(rss.max()) * 1.2)),
+        line_plot(
+            [("RSS growth", t[keep], growth), ("goal", np.array(span), np.array([20.0, 20.0]))],
+            "memory since warm-up",
+            "minutes",
+            "MB",
+            span,
+            (min(-2.0, float(growth.min())), top),
+        ),
         line_plot(
             [(k, t, np.array([s[k] for s in samples])) for k in ("threads", "fds")],
             "threads and descriptors",
@@ -184,7 +195,7 @@ def main() -> int:
     res["rss_growth_mb"] = round(growth, 1)
     res["goals"] = goals
     (a.out / "soak.json").write_text(json.dumps({"samples": samples, "kills": kills, **res}, indent=1))
-    plot(samples, kills, a.out / "soak.png")
+    plot(samples, kills, a.warmup * 60, a.out / "soak.png")
     print(json.dumps(res, indent=1))
     return 0 if all(goals.values()) else 1
 

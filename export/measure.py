@@ -1,6 +1,7 @@
 """Measurements of an exported file: label accuracy on held-out images, latency and throughput.
 
 Both run through ``pixlm.runtime.engine.OrtEngine``: what is measured is what the runtime runs.
+The held-out pass shows a progress bar on a terminal (``pixlm.progress``); it vanishes when done.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import time
 
 import numpy as np
 
+from pixlm.progress import bar
 from pixlm.runtime import novelty
 from pixlm.runtime.engine import OrtEngine
 from pixlm.runtime.recognizer import LN2, log_softmax, softmax
@@ -16,21 +18,29 @@ from pixlm.runtime.tokenizer import Tokenizer
 
 
 def held_out_pass(
-    engine: OrtEngine, seqs: np.ndarray, labels: np.ndarray, tokenizer: Tokenizer, batch_size: int = 64
+    engine: OrtEngine,
+    seqs: np.ndarray,
+    labels: np.ndarray,
+    tokenizer: Tokenizer,
+    batch_size: int = 64,
+    desc: str = "held-out pass",
 ) -> tuple[float, np.ndarray]:
     """One pass over held-out ``seqs`` (B, N+1): label accuracy, and the open-set gate's features
-    (B, 5) of every image, computed as the runtime computes them (``pixlm.runtime.novelty``)."""
+    (B, 5) of every image, computed as the runtime computes them (``pixlm.runtime.novelty``).
+    ``desc`` names the progress bar."""
     n_codes, ppt = tokenizer.n_codes, tokenizer.config.patch**2
     preds, feats = [], []
-    for i in range(0, len(seqs), batch_size):
-        batch = seqs[i : i + batch_size]
-        logits, _ = engine.prefill(batch)
-        logp = log_softmax(logits[:, :-1, :n_codes])  # the runtime's own post-processing
-        bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / LN2
-        probs = np.stack([softmax(z) for z in logits[:, -1, n_codes + 1 :]])
-        png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
-        feats.append(novelty.features(bits, probs, png, ppt))
-        preds.append(probs.argmax(-1))
+    with bar(desc=desc, total=len(seqs), leave=False, unit="img") as progress:
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i : i + batch_size]
+            logits, _ = engine.prefill(batch)
+            logp = log_softmax(logits[:, :-1, :n_codes])  # the runtime's own post-processing
+            bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / LN2
+            probs = np.stack([softmax(z) for z in logits[:, -1, n_codes + 1 :]])
+            png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
+            feats.append(novelty.features(bits, probs, png, ppt))
+            preds.append(probs.argmax(-1))
+            progress.update(len(batch))
     return float((np.concatenate(preds) == labels).mean()), np.concatenate(feats)
 
 

@@ -206,7 +206,9 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
         reference = None
         if cfg.n_labels and not (held_out.labels < 0).any():
             with step("accuracy fp32"):
-                reference, feats = measure.held_out_pass(fp32, eval_seqs, held_out.labels, tok)
+                reference, feats = measure.held_out_pass(
+                    fp32, eval_seqs, held_out.labels, tok, desc="accuracy fp32"
+                )
                 step.detail = f"{100 * reference:.2f}% on {len(held_out)} held-out images"
                 step.detail += fit_gate(mf.FP32, feats)
             rows[0].accuracy = reference
@@ -241,7 +243,9 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
             with step(f"accuracy {label}"):
                 engine = OrtEngine(q_path, threads=opts.threads)
                 diff = validate.compare_logits(model, engine, val_seqs)  # names, shapes; Δ reported
-                acc, feats = measure.held_out_pass(engine, eval_seqs, held_out.labels, tok)
+                acc, feats = measure.held_out_pass(
+                    engine, eval_seqs, held_out.labels, tok, desc=f"accuracy {label}"
+                )
                 step.detail = (
                     f"{100 * acc:.2f}% ({100 * (acc - reference):+.2f} points vs fp32, "
                     f"gate -{opts.max_drop:g}), max|Δ logit| {diff:.3f}"

@@ -171,6 +171,36 @@ def ensure_default_bundle() -> Path:
     show_default=True,
     help="Seconds between metrics lines.",
 )
+@click.option(
+    "--snapshots",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Save a JPEG of the frame and of the region for each anomaly event here; events name them.",
+)
+@click.option(
+    "--serve",
+    metavar="HOST:PORT",
+    default=None,
+    help="Live view in the browser (each source's overlay, latest events, metrics line) and "
+    "Prometheus /metrics; a bare PORT binds 127.0.0.1 only.",
+)
+@click.option(
+    "--serve-token", metavar="TOKEN", default=None, help="Require ?token=TOKEN (or a Bearer header)."
+)
+@click.option(
+    "--mqtt",
+    metavar="mqtt://HOST[:PORT]/PREFIX",
+    default=None,
+    help="Publish events to PREFIX/<source>/<kind> (QoS 1) and a retained PREFIX/status.",
+)
+@click.option("--webhook", metavar="URL", default=None, help="POST each event as JSON, retried with backoff.")
+@click.option(
+    "--events",
+    "event_kinds",
+    default="anomaly,label,status",
+    show_default=True,
+    help="Which events --mqtt and --webhook send (comma-separated).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No per-frame lines on stdout.")
 def run(
     sources,
@@ -196,6 +226,12 @@ def run(
     timeout_s,
     reconnect_attempts,
     metrics_every,
+    snapshots,
+    serve,
+    serve_token,
+    mqtt,
+    webhook,
+    event_kinds,
     quiet,
 ) -> None:
     """Recognize what SOURCES show, frame by frame, with anomaly scores.
@@ -211,13 +247,25 @@ def run(
       pixlm run /usr/share/doc/opencv-doc/examples/data/vtest.avi --grid 2x2 \\
           --jsonl out.jsonl --save out.mp4
       pixlm run rtsp://127.0.0.1:8554/cam --roi 0,0,320,240 --anomaly-threshold 0.5
+      pixlm run clip.mp4 --realtime --loop 0 --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm \
+          --snapshots snaps/ --anomaly-threshold 0.5
+    \b
+    Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
+    --serve page in one JSON schema (README, "Events out").
     """
+    from pixlm.runtime.outputs import CallbackSink, Outputs, SnapshotWriter
+    from pixlm.runtime.outputs.events import KINDS
+    from pixlm.runtime.outputs.jsonl import JsonlSink
+    from pixlm.runtime.outputs.video import VideoSink, WindowSink
     from pixlm.runtime.recognizer import Recognizer
-    from pixlm.runtime.sinks import CallbackSink, JsonlSink, VideoSink, WindowSink
+    from pixlm.runtime.sources import source_names
     from pixlm.runtime.stream import Streamer
 
     if roi and grid:
         raise click.UsageError("give --roi or --grid, not both")
+    kinds = tuple(k.strip() for k in event_kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - set(KINDS):
+        raise click.BadParameter(f"{event_kinds!r}: choose from {', '.join(KINDS)}", param_hint="--events")
     import os
 
     os.environ.setdefault(
@@ -227,8 +275,8 @@ def run(
 
     cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
-    sinks: list = []
-    video_sink = None
+    outputs = Outputs()
+    video_sink = server = None
     streamer = None
     stopped_by = None
     n = 0
@@ -252,15 +300,33 @@ def run(
             exact_reuse=prefix_reuse,
             unknown=unknown,
         )
-        jsonl_sink = JsonlSink(jsonl) if jsonl else None
-        sinks += [jsonl_sink] if jsonl_sink else []
+        if jsonl:
+            outputs.add(JsonlSink(jsonl))
         if save:
             video_sink = VideoSink(save, list(sources))
-            sinks.append(video_sink)
+            outputs.add(video_sink)
         if show:
-            sinks.append(WindowSink())
+            outputs.add(WindowSink())
+        if snapshots:
+            outputs.snapshots = SnapshotWriter(snapshots)
+        if mqtt:
+            from pixlm.runtime.outputs.mqtt import MqttSink
+
+            outputs.add(MqttSink(mqtt, kinds=kinds))
+        if webhook:
+            from pixlm.runtime.outputs.webhook import WebhookSink
+
+            outputs.add(WebhookSink(webhook, kinds=kinds))
+        if serve:
+            from pixlm.runtime.outputs.server import LiveServer
+
+            server = LiveServer(serve, source_names(list(sources)), token=serve_token)
+            outputs.add(server)
+            click.echo(
+                f"live view: {server.address}" + (f"?token={serve_token}" if serve_token else ""), err=True
+            )
         if not quiet:
-            sinks.append(CallbackSink(_print_frame))
+            outputs.add(CallbackSink(_print_frame))
         streamer = Streamer(
             rec,
             sources,
@@ -271,30 +337,30 @@ def run(
             prefix_reuse=prefix_reuse,
             anomaly_threshold=anomaly_threshold,
             anomaly_score=anomaly_score,
-            nll_map=bool(save or show),
+            nll_map=bool(save or show or serve),
             max_frames=max_frames,
             stride=stride,
             realtime=realtime,
             loop=loop,
             timeout_s=timeout_s,
             reconnect_attempts=reconnect_attempts,
-            on_event=lambda e: _on_event(e, jsonl_sink),
-            on_metrics=lambda s: click.echo(s, err=True),
+            on_event=lambda e: _on_event(e, outputs),
+            on_metrics=lambda line: _on_metrics(line, server),
             metrics_every=metrics_every,
         )
+        if server is not None:
+            server.attach(streamer)
         if stopped_by is None:  # a signal during set-up: close the outputs, stream nothing
             with streamer:
                 for fr in streamer:
                     n += 1
-                    for sink in sinks:
-                        sink.write(fr)
+                    outputs.frame(fr)
     except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        for sink in sinks:
-            sink.close()
+        outputs.close()
     if stopped_by is None and streamer is not None:
         failed = [s.name for s in streamer.sources if s.status == "error"]
         if n == 0 or len(failed) == len(streamer.sources):
@@ -305,16 +371,31 @@ def run(
         msg += f"; results in {jsonl}"
     if video_sink is not None and video_sink.files:
         msg += "; overlay video in " + ", ".join(str(f) for f in video_sink.files)
+    if any(outputs.counts.values()):
+        msg += "; events: " + ", ".join(f"{k} {v}" for k, v in outputs.counts.items())
+    if outputs.snapshots is not None:
+        msg += f"; {outputs.snapshots.written} snapshot(s) in {snapshots}"
+    for sink in outputs.sinks:
+        st = getattr(sink, "stats", None)
+        if st is not None:
+            msg += f"; {sink.name}: {st['delivered']} delivered"
+            lost = st["dropped"] + st["left_at_close"] + st.get("rejected", 0)
+            msg += f", {lost} not delivered (queue bound, unsent at exit or refused)" if lost else ""
     click.echo(msg, err=True)
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
         sys.exit(128 + stopped_by)
 
 
-def _on_event(e, jsonl_sink) -> None:
+def _on_event(e, outputs) -> None:
     click.echo(f"[{e.status}] {e.source}: {e.message}", err=True)
-    if jsonl_sink is not None:
-        jsonl_sink.event(e)
+    outputs.status(e)
+
+
+def _on_metrics(line: str, server) -> None:
+    click.echo(line, err=True)
+    if server is not None:
+        server.metrics_line = line
 
 
 def _print_frame(fr) -> None:

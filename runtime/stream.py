@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -216,6 +216,7 @@ class Streamer:
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self.metrics = Metrics()
+        self.engine_calls: Counter[int] = Counter()  # regions per engine call -> calls (running total)
         self._stop = threading.Event()
         self._lanes = Lanes(depth=max_batch)  # prepared frames, one lane per source
         self.metrics.replaced = self._lanes.dropped
@@ -392,6 +393,7 @@ class Streamer:
                 waves[w].append(i)
             for wave in waves:
                 for part in _chunks(wave, cap):
+                    self.engine_calls[len(part)] += 1
                     memory = [self._memory.get(keys[i]) for i in part]
                     for i, r in zip(
                         part, rec.predict_tokens_reusing(tokens[part], memory, self.nll_map), strict=True
@@ -400,6 +402,7 @@ class Streamer:
                     self._memory.update((keys[i], m) for i, m in zip(part, memory, strict=True))
         else:
             for part in _chunks(list(range(len(keys))), cap):
+                self.engine_calls[len(part)] += 1
                 for i, r in zip(part, rec.predict_tokens(tokens[part], nll_map=self.nll_map), strict=True):
                     results[i] = r
         t2 = time.perf_counter()

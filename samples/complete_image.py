@@ -1,6 +1,6 @@
 """Image completion: keep the top rows of a Fashion-MNIST test image, let the model draw the rest.
 
-    python samples/complete_image.py [INDEX] [KNOWN_ROWS] [out.png]
+    python samples/complete_image.py [INDEX] [KNOWN_ROWS] [out.png] [BUNDLE]
 
 Writes original | tokenized | completions side by side, 4x enlarged.
 """
@@ -10,14 +10,15 @@ import sys
 import cv2
 import numpy as np
 
+from pixlm import Recognizer
 from pixlm.data import load_fashion_mnist
-from pixlm.runtime.recognizer import Recognizer
 
 index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 known_rows = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 out = sys.argv[3] if len(sys.argv) > 3 else "completion.png"
+bundle = sys.argv[4] if len(sys.argv) > 4 else None  # default: the shipped model's bundle
 
-rec = Recognizer.open(precision="fp32")
+rec = Recognizer.open(bundle, precision="fp32")
 test = load_fashion_mnist(split="test")
 image, label = test.images[index], rec.labels[test.labels[index]]
 tokenized = rec.tokenizer.decode(rec.tokenizer.encode(image))

@@ -26,6 +26,7 @@ from pixlm.data import Dataset, load_source, shift_batch
 from pixlm.evaluate import evaluate
 from pixlm.model import PixLM, PixLMConfig
 from pixlm.palette import fit_palette
+from pixlm.progress import bar
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -228,7 +229,8 @@ def train(
         end_of_epoch = step % per_epoch == 0 or step == total
         out_of_time = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
         if end_of_epoch and eval_data is not None and rank == 0:
-            metrics = evaluate(model, tok, eval_data)
+            with bar(desc="held-out scoring", total=len(eval_data), leave=False, unit="img") as scoring:
+                metrics = evaluate(model, tok, eval_data, on_batch=scoring.update)
             metrics.pop("confusion", None)
             history.append({"step": step, "epoch": step / per_epoch, **_short(metrics)})
             log(

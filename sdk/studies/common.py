@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from pixlm.model import PixLM
+from pixlm.progress import bar
 from pixlm.runtime import novelty
 from pixlm.runtime.tokenizer import Tokenizer
 
@@ -52,31 +53,44 @@ def roc_curve(normal: np.ndarray, anomalous: np.ndarray, points: int = 200) -> t
 # -- per-image outputs of a model ---------------------------------------------------------------
 @torch.no_grad()
 def image_scores(
-    model: PixLM, tok: Tokenizer, images: np.ndarray, batch_size: int = 256, layer: int | None = None
+    model: PixLM,
+    tok: Tokenizer,
+    images: np.ndarray,
+    batch_size: int = 256,
+    layer: int | None = None,
+    desc: str = "scoring",
 ) -> dict[str, np.ndarray]:
     """Everything the studies score images with, from one forward pass per batch.
 
     ``bits``: per-token NLL (B, N); ``probs``: label probabilities (B, L); ``png``: PNG bits per
     pixel of the image the tokens decode to; ``features``: mean-pooled middle-layer activations.
+    ``desc`` names the progress bar (a terminal only; it vanishes when done).
     """
     model.eval()
     out: dict[str, list] = {"bits": [], "probs": [], "png": [], "features": []}
-    for i in range(0, len(images), batch_size):
-        tokens = torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))
-        probs, bits = model.analyze(tokens)
-        out["bits"].append(bits.numpy())
-        out["probs"].append(probs.numpy())
-        out["features"].append(model.features(tokens, layer).numpy())
-        out["png"].append(novelty.png_bits_per_pixel(np.stack([tok.decode(t) for t in tokens.numpy()])))
+    with bar(desc=desc, total=len(images), leave=False, unit="img") as progress:
+        for i in range(0, len(images), batch_size):
+            tokens = torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))
+            probs, bits = model.analyze(tokens)
+            out["bits"].append(bits.numpy())
+            out["probs"].append(probs.numpy())
+            out["features"].append(model.features(tokens, layer).numpy())
+            out["png"].append(novelty.png_bits_per_pixel(np.stack([tok.decode(t) for t in tokens.numpy()])))
+            progress.update(len(tokens))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
 @torch.no_grad()
-def features_of(model: PixLM, tok: Tokenizer, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def features_of(
+    model: PixLM, tok: Tokenizer, images: np.ndarray, batch_size: int = 256, desc: str = "features"
+) -> np.ndarray:
     """Only the mean-pooled middle-layer features (B, d_model): what probes and Mahalanobis read."""
     out = []
-    for i in range(0, len(images), batch_size):
-        out.append(model.features(torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))).numpy())
+    with bar(desc=desc, total=len(images), leave=False, unit="img") as progress:
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
+            out.append(model.features(torch.from_numpy(tok.encode_prepared(batch))).numpy())
+            progress.update(len(batch))
     return np.concatenate(out)
 
 

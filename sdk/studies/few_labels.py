@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pixlm import checkpoint
 from pixlm.data import Dataset, load_fashion_mnist, shift_batch
 from pixlm.evaluate import predict
+from pixlm.progress import above, bar
 from pixlm.studies.common import features_of, line_plot, read_json, write_json, write_png
 from pixlm.train import TrainConfig, train
 
@@ -76,15 +76,17 @@ def train_cnn(data: Dataset, seed: int, quick: bool) -> SmallCNN:
     epochs = max(1, round((100 if quick else 600) * batch / len(data)))  # 600 steps: cheap, train it well
     rng = np.random.default_rng(seed)
     net.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(data))
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            x = torch.from_numpy(shift_batch(data.images[idx], 2, rng)).float()[:, None] / 255
-            loss = F.cross_entropy(net(x), torch.from_numpy(data.labels[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with bar(desc="CNN training", total=epochs * -(-len(data) // batch), leave=False, unit="step") as steps:
+        for _ in range(epochs):
+            order = rng.permutation(len(data))
+            for i in range(0, len(order), batch):
+                idx = order[i : i + batch]
+                x = torch.from_numpy(shift_batch(data.images[idx], 2, rng)).float()[:, None] / 255
+                loss = F.cross_entropy(net(x), torch.from_numpy(data.labels[idx]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                steps.update()
     return net.eval()
 
 
@@ -115,8 +117,15 @@ def finetune_pixlm(opts: FewLabelsOptions, n: int, draw: int, test: Dataset) -> 
         precision="bf16",
         save_every=10**9,
     )
-    result = train(cfg, log=lambda s: None)
-    probs, _ = predict(result.model, result.tokenizer, test.images)
+    with bar(desc="pixlm fine-tune", leave=False, unit="step") as steps:
+
+        def progress(e: dict) -> None:
+            steps.total = e["total"]
+            steps.update(e["step"] - steps.n)
+
+        result = train(cfg, on_progress=progress, log=lambda s: None)
+    with bar(desc="fine-tuned scoring", total=len(test), leave=False, unit="img") as scoring:
+        probs, _ = predict(result.model, result.tokenizer, test.images, on_batch=scoring.update)
     return float((probs.argmax(1) == test.labels).mean())
 
 
@@ -148,11 +157,12 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
         "steps": state.get("step"),
         **state.get("metrics", {}),
     }
+    log = above(log)  # log lines go above the progress bars
     log("linear-probe features of the test images")
-    test_feats = features_of(model, tok, test.images)
+    test_feats = features_of(model, tok, test.images, desc="test features")
     jobs = [(n, d) for d in range(opts.draws) for n in opts.per_class]  # draw by draw: a cut-off run
     # still covers every size
-    for n, d in tqdm(jobs, desc="few-label runs", disable=None):
+    for n, d in bar(jobs, "few-label runs", unit="run"):
         key = f"{n}/{d}"
         if key in results["runs"]:
             continue
@@ -160,7 +170,10 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
         labelled = train_set.per_class(n, seed=d)
         r = {
             "pixlm linear probe": linear_probe(
-                features_of(model, tok, labelled.images), labelled.labels, test_feats, test.labels
+                features_of(model, tok, labelled.images, desc="probe features"),
+                labelled.labels,
+                test_feats,
+                test.labels,
             ),
             "CNN from scratch": cnn_accuracy(train_cnn(labelled, d, opts.quick), test),
             "pixlm fine-tune": finetune_pixlm(opts, n, d, test),

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pixlm import checkpoint
 from pixlm.data import FASHION_MNIST_LABELS, load_fashion_mnist
+from pixlm.progress import above, bar
 from pixlm.runtime.novelty import OODGate
 from pixlm.studies.common import (
     auroc,
@@ -84,19 +84,17 @@ def _train_class(c: int, opts: OneClassOptions, n_train: int, log: Callable[[str
         max_minutes=opts.max_minutes,
         model=dict(opts.model),
     )
-    bar = tqdm(
-        total=_total_steps(n_train, opts), desc=f"class {c} training", leave=False, unit="step", disable=None
-    )
+    steps = bar(desc=f"class {c} training", total=_total_steps(n_train, opts), leave=False, unit="step")
 
     def progress(e: dict) -> None:
-        bar.n = e["step"]
-        bar.set_postfix(loss=f"{e['loss']:.3f}", refresh=False)
-        bar.refresh()
+        steps.n = e["step"]
+        steps.set_postfix(loss=f"{e['loss']:.3f}", refresh=False)
+        steps.refresh()
 
     try:
         result = train(cfg, on_progress=progress, log=lambda s: None)
     finally:
-        bar.close()
+        steps.close()
     if not result.finished:
         raise TimeoutError(f"class {c}: stopped at step {result.step} (--max-minutes); run again to resume")
     return out
@@ -127,9 +125,9 @@ def _pixel_baselines(normal: np.ndarray, test: np.ndarray) -> dict[str, np.ndarr
 def score_class(c: int, model_path: Path, calib: np.ndarray, normal: np.ndarray, test) -> dict:
     """AUROC of every score for class ``c`` (normal) against the other classes of ``test``."""
     model, tok, _ = checkpoint.load(model_path)
-    cal = image_scores(model, tok, calib)
-    seen = features_of(model, tok, normal)  # the training images' features (no PNG, no NLL needed)
-    tst = image_scores(model, tok, test.images)
+    cal = image_scores(model, tok, calib, desc=f"class {c} held-out normal")
+    seen = features_of(model, tok, normal, desc=f"class {c} training features")  # no PNG, no NLL needed
+    tst = image_scores(model, tok, test.images, desc=f"class {c} test scoring")
     ppt = tok.config.patch**2
 
     def summary(s: dict) -> np.ndarray:  # the runtime gate's features, minus the label term
@@ -155,6 +153,7 @@ def score_class(c: int, model_path: Path, calib: np.ndarray, normal: np.ndarray,
 
 def run(opts: OneClassOptions, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and score each class; results accumulate in ``out/one-class.json``."""
+    log = above(log)  # log lines go above the progress bars
     train_set, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
     if opts.quick:
         test = test.take(np.arange(1000))
@@ -168,7 +167,7 @@ def run(opts: OneClassOptions, log: Callable[[str], None] = print) -> dict:
         "test_images": len(test),
         "quick": opts.quick,
     }
-    for c in opts.classes:
+    for c in bar(opts.classes, "one-class study", unit="class"):
         if str(c) in results["classes"]:
             log(f"class {c} ({FASHION_MNIST_LABELS[c]}): done in an earlier run, kept")
             continue

@@ -94,16 +94,16 @@ def run(opts: OODOptions, log: Callable[[str], None] = print) -> dict:
     fit_images, in_images = test.images[:half], test.images[half : 2 * half]
     sets = ood_sets(tok, opts.video, 200 if opts.quick else 2000, opts.seed)
 
-    def scores_of(images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        s = image_scores(model, tok, images)
+    def scores_of(images: np.ndarray, what: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        s = image_scores(model, tok, images, desc=f"scoring {what}")
         feats = gate_features(s, tok)
         raw = feats[:, 0]
         return {"raw": raw, "png-corrected": raw - s["png"], "confidence": 1 - s["probs"].max(1)}, feats
 
     log(f"fitting the gate on {len(fit_images)} Fashion-MNIST test images")
-    _, fit_feats = scores_of(fit_images)
+    _, fit_feats = scores_of(fit_images, "gate fit")
     gate = OODGate.fit(fit_feats, accept=0.95)
-    inside, in_feats = scores_of(in_images)
+    inside, in_feats = scores_of(in_images, "Fashion-MNIST")
     inside["gate"] = gate.score(in_feats)
     results = {
         "in_distribution": {
@@ -115,7 +115,7 @@ def run(opts: OODOptions, log: Callable[[str], None] = print) -> dict:
         "quick": opts.quick,
     }
     for name, images in sets.items():
-        out, feats = scores_of(images)
+        out, feats = scores_of(images, name)
         out["gate"] = gate.score(feats)
         r = {"images": len(images), "auroc": {}, "roc": {}}
         for k in SCORES:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pixlm import checkpoint
 from pixlm.data import load_fashion_mnist, parse_frame_range, read_frames
+from pixlm.progress import above, bar
 from pixlm.runtime.stream import grid_regions
 from pixlm.studies.common import auroc, image_scores, line_plot, roc_curve, write_json, write_png
 from pixlm.train import TrainConfig, train
@@ -75,18 +75,18 @@ def train_scene_model(opts: SceneOptions, log: Callable[[str], None] = print) ->
         model=dict(opts.model),
         seed=opts.seed,
     )
-    bar = tqdm(desc="scene model training", unit="step", disable=None)
+    steps = bar(desc="scene model training", unit="step")
 
     def progress(e: dict) -> None:
-        bar.total = e["total"]
-        bar.n = e["step"]
-        bar.set_postfix(loss=f"{e['loss']:.3f}", refresh=False)
-        bar.refresh()
+        steps.total = e["total"]
+        steps.n = e["step"]
+        steps.set_postfix(loss=f"{e['loss']:.3f}", refresh=False)
+        steps.refresh()
 
     try:
-        result = train(cfg, on_progress=progress, log=log)
+        result = train(cfg, on_progress=progress, log=above(log))
     finally:
-        bar.close()
+        steps.close()
     if not result.finished:
         raise TimeoutError(f"scene model stopped at step {result.step} (--max-minutes); run again to resume")
     return opts.model_path
@@ -151,7 +151,9 @@ def run(opts: SceneOptions, log: Callable[[str], None] = print) -> dict:
 
     # pixlm: every tile through the scene model, as `pixlm run --grid` would cut it
     tiles = np.stack([tok.prepare(r.crop(tok.match_channels(f))) for f in pasted for r in regions])
-    bits = image_scores(model, tok, tiles)["bits"].reshape(len(pasted), len(regions), -1)
+    bits = image_scores(model, tok, tiles, desc="scoring tiles")["bits"].reshape(
+        len(pasted), len(regions), -1
+    )
     k, ppt = max(1, bits.shape[-1] // 10), tok.config.patch**2
     region_scores = {  # bits per pixel, as the runtime's `anomaly` and `anomaly_peak`
         "pixlm mean": bits.mean(-1) / ppt,

@@ -150,6 +150,14 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         ([str(VTEST), "--batch", "0"], "Invalid value for '--batch'"),
         ([str(VTEST), "--stride", "0"], "Invalid value for '--stride'"),
         ([str(VTEST), "--grid", "0x2"], "Invalid value for '--grid'"),
+        # outputs (issue 10)
+        ([str(VTEST), "--mqtt", "http://broker/x"], "expected mqtt://host[:port]/prefix"),
+        ([str(VTEST), "--mqtt", "mqtt://broker/a/#"], "may not hold MQTT wildcards"),
+        ([str(VTEST), "--webhook", "ftp://x/y"], "expected an http:// or https:// URL"),
+        ([str(VTEST), "--serve", "localhost:http"], "expected HOST:PORT"),
+        ([str(VTEST), "--serve", "203.0.113.9:8080"], "cannot listen"),
+        ([str(VTEST), "--snapshots", "/proc/no/such"], "cannot create the snapshot folder"),
+        ([str(VTEST), "--events", "anomaly,bogus"], "choose from anomaly, label, status"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_bundle, args, words):

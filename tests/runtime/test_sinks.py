@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 
+from pixlm.runtime.outputs.events import status_record
+from pixlm.runtime.outputs.jsonl import JsonlSink
 from pixlm.runtime.recognizer import Result
-from pixlm.runtime.sinks import JsonlSink
 from pixlm.runtime.sources import SourceEvent
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 
@@ -26,7 +27,7 @@ def test_jsonl_stays_line_valid_under_concurrent_events_and_close(tmp_path):
     def reader(k: int) -> None:
         try:
             while not stop.is_set():
-                sink.event(SourceEvent(f"cam{k}", "ok", time.time(), "x" * 3000))
+                sink.event(status_record(SourceEvent(f"cam{k}", "ok", time.time(), "x" * 3000)))
         except Exception as e:  # what a reader thread would have died of
             errors.append(e)
 

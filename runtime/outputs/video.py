@@ -1,67 +1,17 @@
-"""Where streaming results go: JSON Lines, an overlay video, a window, a Python callback.
-
-Every sink has ``write(frame_result)`` and ``close()``; ``pixlm run`` closes them all on exit,
-Ctrl-C and SIGTERM included, so the JSONL has only whole lines and the video is playable.
-"""
+"""Pictures of the results: an overlay video (``--save``), a desktop window (``--show``), and the
+overlay drawing the live view's MJPEG streams share."""
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pixlm.runtime.sources import SourceEvent, source_names
+from pixlm.runtime.sources import source_names
 from pixlm.runtime.stream import FrameResult
-
-
-class JsonlSink:
-    """One JSON object per line: a ``result`` per region of each frame, plus ``status`` events.
-
-    Each line is written whole and flushed, so a reader (``tail -f``) never sees half a record.
-    Results come from the main thread and status events from the sources' reader threads: one lock
-    serialises them, and an event that arrives after ``close`` is dropped instead of raising.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        except OSError as e:
-            raise ValueError(f"{self.path}: cannot write JSON Lines ({e.strerror})") from e
-
-    def write(self, fr: FrameResult) -> None:
-        self._write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in fr.records()))
-
-    def event(self, e: SourceEvent) -> None:
-        rec = {
-            "type": "status",
-            "source": e.source,
-            "status": e.status,
-            "timestamp": round(e.time, 6),
-            "message": e.message,
-        }
-        self._write(json.dumps(rec, separators=(",", ":")) + "\n")
-
-    def _write(self, text: str) -> None:
-        with self._lock:
-            if not self._f.closed:
-                self._f.write(text)
-                self._f.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._f.closed:
-                self._f.flush()
-                os.fsync(self._f.fileno())
-                self._f.close()
 
 
 class VideoSink:
@@ -111,6 +61,9 @@ class VideoSink:
         del t[:-30]
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
 
+    def event(self, record: dict) -> None:
+        pass
+
     def close(self) -> None:
         for writer, tmp, final in self._writers.values():
             writer.release()
@@ -136,21 +89,11 @@ class WindowSink:
         cv2.imshow(f"pixlm: {fr.source}", draw_overlay(fr, 0.0))
         cv2.waitKey(1)
 
+    def event(self, record: dict) -> None:
+        pass
+
     def close(self) -> None:
         cv2.destroyAllWindows()
-
-
-class CallbackSink:
-    """Calls ``fn(frame_result)`` for each frame (the Python API's hook)."""
-
-    def __init__(self, fn: Callable[[FrameResult], None]):
-        self.fn = fn
-
-    def write(self, fr: FrameResult) -> None:
-        self.fn(fr)
-
-    def close(self) -> None:
-        pass
 
 
 def draw_overlay(fr: FrameResult, fps: float) -> np.ndarray:
