@@ -62,9 +62,18 @@ class CausalSelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, nh, P+T, hs)
             v = torch.cat([past[1], v], dim=2)
-        # No dropout on the attention weights: on CPU it made a training step 1.5x slower (it takes
-        # SDPA off its fused path); dropout stays on the embeddings and the MLP branch.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if torch.onnx.is_in_onnx_export():
+            # The same math spelled out for the exported graph: SDPA's ONNX form rebuilds the mask,
+            # the scale (Shape, Sqrt, Div) and a NaN guard (IsNaN, Where over every attention
+            # weight) in each layer, a quarter of ONNX Runtime's time. Here: the additive mask is
+            # built once (``mask`` is float then, 0 or -inf), the scale is a constant, and no row
+            # is all -inf (a query always sees itself), so softmax needs no guard.
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs)) + mask  # (B, nh, T, P+T)
+            y = att.softmax(dim=-1) @ v
+        else:
+            # No dropout on the attention weights: on CPU it made a training step 1.5x slower (it
+            # takes SDPA off its fused path); dropout stays on the embeddings and the MLP branch.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), (k, v)
 
@@ -156,7 +165,10 @@ class PixLM(nn.Module):
         # Explicit causal mask from the past length: query P+i sees keys 0..P+i. (is_causal=True
         # would align the triangle to key 0 and be wrong as soon as a cache is present.)
         keys = torch.arange(P + T, device=input_ids.device)
-        return self.drop(x), keys[None, :] <= pos[:, None]  # mask (T, P+T) bool
+        mask = keys[None, :] <= pos[:, None]  # (T, P+T) bool
+        if torch.onnx.is_in_onnx_export():  # additive, built once for every layer (see attention)
+            mask = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
+        return self.drop(x), mask
 
     @torch.no_grad()
     def features(self, tokens: torch.Tensor, layer: int | None = None) -> torch.Tensor:
