@@ -1,0 +1,442 @@
+"""`pixlm demo`: the shipped models' story in pictures and numbers, everything under one folder.
+
+::
+
+    Fashion-MNIST test items --Recognizer (fp32 bundle)--> contact-sheet.png, accuracy, share known
+         \\--slid along a belt--> conveyor-input.mp4 --pixlm run --roi--> conveyor.mp4 / .jsonl
+    vtest.avi, last 40% (the scene model learned the first 60%, without labels)
+         --tinted bags pasted at known places and times--> street-with-objects.mp4
+         --pixlm run --bundle SCENE --grid 6x8 --anomaly-score peak--> surveillance.mp4 / .jsonl
+         --> anomaly events vs the pasted objects: found, false; anomaly-score.png, snapshots/
+    vtest.avi --pixlm run (Fashion-MNIST bundle, 2x2 grid)--> share "unknown" --> open-set.png
+    test items, top rows kept --Recognizer.complete (KV cache)--> completion.png
+    --> summary.txt, summary.json
+
+The clips go through the same `pixlm run` a user types (a subprocess), so the demo shows what the
+command line does; the demo made the clips, so it knows the truth to score them against. Each part
+returns its numbers with the files it wrote (``files``) and, for a stream, its speed (``speed``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from pixlm import demo_media as media
+from pixlm.data import Dataset, load_fashion_mnist, parse_frame_range
+
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+SCENE_EXPORT = "pixlm-export sdk/models/vtest-scene.pt --data {video} --no-int8 --no-dynamic -o {out}"
+BAG = 8  # Fashion-MNIST's label index of the objects left on the street
+
+
+@dataclass
+class DemoOptions:
+    """Sizes of each part; :meth:`quick` shrinks them to seconds (what the tests run)."""
+
+    bundle: Path  # the Fashion-MNIST bundle
+    scene_bundle: Path  # the scene model's bundle
+    out: Path = Path("out")
+    video: str = VTEST
+    sheet: int = 8  # contact sheet of sheet x sheet test items
+    test_images: int = 1000  # accuracy and share known on the first N test images
+    conveyor_items: int = 24  # 12 frames each
+    street_frames: int | None = None  # of the held-out 40% (None: all 318 of vtest.avi)
+    stride: int = 2  # surveillance: every Nth frame through the scene model (48 tiles each)
+    objects: int = 5  # pasted into the street clip one after another, 2-4 s each
+    threshold: float = 3.0  # peak bits per pixel (the scene study found 90% of its bags at 2.8)
+    open_set_frames: int = 40  # vtest.avi frames (every 5th) through the Fashion-MNIST bundle
+    completion_items: int = 6
+    completions: int = 4
+    snapshots: int = 6  # events shown: the best one on each found object, then false ones
+    seed: int = 0
+
+    def quick(self) -> DemoOptions:
+        self.sheet, self.test_images, self.conveyor_items, self.street_frames = 4, 200, 6, 40
+        self.objects, self.open_set_frames, self.completion_items, self.completions = 2, 8, 2, 2
+        self.snapshots = 3
+        return self
+
+
+@contextmanager
+def step(label: str, log: Callable[[str], None]) -> Iterator[SimpleNamespace]:
+    """Times a part and prints one ✓/✗ line, as ``pixlm-export`` does for its steps; the part
+    sets ``.detail`` of what it yields."""
+    t, note = time.perf_counter(), SimpleNamespace(detail="")
+    try:
+        yield note
+    except BaseException as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log(f"✗ {label}  {time.perf_counter() - t:.1f}s  {why}")
+        raise
+    log(f"✓ {label}  {time.perf_counter() - t:.1f}s  {note.detail}")
+
+
+def run(opts: DemoOptions, log: Callable[[str], None] = print) -> dict:
+    """Every part in turn; returns the summary, also written to OUT/summary.json and .txt."""
+    from pixlm.runtime.recognizer import Recognizer
+
+    check_inputs(opts)
+    t0 = time.perf_counter()
+    test = load_fashion_mnist(split="test")
+    rec = Recognizer.open(opts.bundle, backend="ort-cpu", precision="fp32")
+    s: dict = {"out": str(opts.out)}
+    with step("recognition", log) as st:
+        r = s["recognition"] = recognition(rec, test, opts)
+        st.detail = f"{r['test_images']} test images: {r['accuracy']:.1%} right, {r['known']:.1%} known"
+    with step("conveyor", log) as st:
+        c = s["conveyor"] = conveyor(test, opts, log)
+        st.detail = f"an item under the camera in {c['frames_with_item']} frames: {c['accuracy']:.1%} right"
+    with step("surveillance", log) as st:
+        v = s["surveillance"] = surveillance(test, opts, log)
+        st.detail = f"{v['found']}/{v['objects']} pasted objects found, {v['false_events']} false events"
+    with step("open set", log) as st:
+        o = s["open_set"] = open_set(test, opts, r, log)
+        st.detail = f"{o['unknown']:.1%} of {o['regions']} street regions 'unknown'"
+    with step("completion", log) as st:
+        k = s["completion"] = completion(rec, test, opts)
+        st.detail = f"{k['items']} items x {k['samples']} samples, {k['tokens_per_s']:.0f} tokens/s"
+    s["seconds"] = round(time.perf_counter() - t0, 1)
+    s["files"] = {"summary": [str(opts.out / "summary.txt"), str(opts.out / "summary.json")]}
+    (opts.out / "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    (opts.out / "summary.txt").write_text(format_summary(s) + "\n")
+    return s
+
+
+def check_inputs(opts: DemoOptions) -> None:
+    """User errors first, each one line: a missing video or bundle, an unwritable folder."""
+    if not Path(opts.video).is_file():
+        raise ValueError(f"{opts.video}: video not found (install Debian's opencv-doc, or pass --video)")
+    for b in (opts.bundle, opts.scene_bundle):
+        if not (b / "manifest.json").is_file():
+            how = SCENE_EXPORT.format(video=opts.video, out=b) if b == opts.scene_bundle else "pixlm-export"
+            raise ValueError(f"{b}: no bundle there (export it with `{how}`; `make demo` does)")
+    try:
+        (opts.out / "snapshots").mkdir(parents=True, exist_ok=True)
+        for old in (opts.out / "snapshots").glob("*.jpg"):  # this run's snapshots only
+            old.unlink()
+    except OSError as e:
+        raise ValueError(f"{opts.out}: cannot write there ({e.strerror})") from None
+
+
+# -- the parts -----------------------------------------------------------------------------------
+def recognition(rec, test: Dataset, opts: DemoOptions) -> dict:
+    """Accuracy and share known on the first test images; a contact sheet of the first of them."""
+    n, t = min(opts.test_images, len(test)), time.perf_counter()
+    res = [r for i in range(0, n, 250) for r in rec.predict_batch(list(test.images[i : min(i + 250, n)]))]
+    per_s = n / (time.perf_counter() - t)
+    said, truth = [r.label for r in res], [test.label_names[y] for y in test.labels[:n]]
+    right = [a == b for a, b in zip(said, truth, strict=True)]
+    k = opts.sheet**2
+    title = f"Fashion-MNIST test items 1-{k}: {sum(right[:k])}/{k} right (red: wrong, orange: 'unknown')"
+    sheet = media.contact_sheet(test.images[:k], truth[:k], said[:k], opts.sheet, title)
+    bags = [i for i in range(n) if right[i] and test.labels[i] == BAG] or [int(np.argmax(right))]
+    return {
+        "sheet_items": k,
+        "sheet_right": sum(right[:k]),
+        "sheet_accuracy": sum(right[:k]) / k,
+        "test_images": n,
+        "accuracy": float(np.mean(right)),
+        "known": float(np.mean([r.known for r in res])),
+        "images_per_s": round(per_s, 1),
+        "example": {"index": bags[0], "label": said[bags[0]], "score": round(res[bags[0]].score, 3)},
+        "files": [str(media.write_image(opts.out / "contact-sheet.png", sheet))],
+    }
+
+
+def conveyor(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -> dict:
+    """Items on a belt under a camera ROI, streamed by `pixlm run`; its labels vs the item there."""
+    rng = np.random.default_rng(opts.seed)
+    pick = rng.choice(np.arange(opts.test_images, len(test)), opts.conveyor_items, replace=False)
+    clip = media.conveyor_clip(opts.out / "conveyor-input.mp4", test.images[pick])
+    jsonl, mp4 = opts.out / "conveyor.jsonl", opts.out / "conveyor.mp4"
+    roi = ",".join(map(str, clip.roi))
+    args = [str(clip.path), "--bundle", str(opts.bundle), "--roi", roi]
+    speed = pixlm_run([*args, "--jsonl", str(jsonl), "--save", str(mp4)], log)
+    results = [r for r in read_jsonl(jsonl) if r["type"] == "result"]
+    if len(results) != len(clip.item_at):
+        raise ValueError(f"{jsonl}: {len(results)} results for {len(clip.item_at)} frames")
+    names = [test.label_names[y] for y in test.labels[pick]]
+    by_item: dict[int, list[str]] = {}  # the labels given while each item stood under the camera
+    for r in results:
+        by_item.setdefault(clip.item_at[r["frame"]], []).append(r["label"])
+    moving = by_item.pop(-1, [])
+    under = [(label, names[i]) for i, labels in by_item.items() for label in labels]
+    return {
+        "items": len(pick),
+        "frames": len(results),
+        "roi": list(clip.roi),
+        "frames_with_item": len(under),
+        "accuracy": float(np.mean([a == b for a, b in under])) if under else 0.0,
+        "items_right_by_majority": sum(max(set(v), key=v.count) == names[i] for i, v in by_item.items()),
+        "unknown_while_moving": float(np.mean([x == "unknown" for x in moving])) if moving else 0.0,
+        "speed": speed,
+        "files": [str(mp4), str(jsonl), str(clip.path)],
+    }
+
+
+def surveillance(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -> dict:
+    """Bags left in the street of the held-out frames: which anomaly events find them."""
+    n, fps, size = media.video_info(opts.video)
+    first = parse_frame_range("0.6:", n).start  # the scene model learned frames [0, 60%)
+    count = min(n - first, opts.street_frames or n)
+    rng = np.random.default_rng(opts.seed + 1)
+    objects = media.plan_objects(opts.objects, count, size, fps, rng)
+    clip, snaps = opts.out / "street-with-objects.mp4", opts.out / "snapshots"
+    media.street_clip(opts.video, clip, first, count, objects, test.images[test.labels == BAG], rng)
+    jsonl, mp4 = opts.out / "surveillance.jsonl", opts.out / "surveillance.mp4"
+    runtime_snapshots = "--snapshots" in _run_help()
+    args = [str(clip), "--bundle", str(opts.scene_bundle), "--grid", "6x8", "--stride", str(opts.stride)]
+    args += ["--anomaly-score", "peak", "--anomaly-threshold", str(opts.threshold)]
+    args += ["--jsonl", str(jsonl), "--save", str(mp4)] + (["--snapshots", str(snaps)] * runtime_snapshots)
+    speed = pixlm_run(args, log)
+    records = read_jsonl(jsonl)
+    frames, boxes, flags, peaks = tile_table([r for r in records if r["type"] == "result"])
+    events, events_from = anomaly_events(records)
+    for e in events:  # an event is on the objects present then in a tile it overlaps
+        e["objects"] = [o.name for o in objects if o.present(e["frame"]) and o.overlaps(e["region"]["xywh"])]
+    held, flagged, before = score_objects(objects, frames, boxes, flags)
+    found = sum(x >= 0.5 for x in flagged)  # found: in an event at least half the time it is there
+    false = sum(not e["objects"] for e in events)
+
+    t = np.array(frames) / fps
+    on_object = np.where(held.any(1), np.where(held, peaks, 0).max(1), np.nan)
+    series = [("tiles under a pasted object", on_object, media.BLUE)]
+    series.append(("busiest other tile", np.where(held, 0, peaks).max(1), media.GREY))
+    plot = media.timeline(
+        t,
+        series,
+        opts.threshold,
+        [(o.start / fps, o.end / fps) for o in objects],
+        [(e["frame"] / fps, bool(e["objects"])) for e in events],
+        f"Scene model on held-out street video, {len(boxes)} tiles: peak surprise (bits/px); "
+        f"{found}/{len(objects)} objects found, {false} false events",
+        raster=(flags, held),
+        t_end=count / fps,
+    )
+    plot_path = media.write_image(opts.out / "anomaly-score.png", plot)
+    top = _top_events(events, opts.snapshots)
+    if runtime_snapshots:
+        shots = [str(snaps / Path(e[k]).name) for e in top for k in ("snapshot", "crop") if e.get(k)]
+    else:  # this runtime writes none: draw the top events from the clip's frames
+        shots = media.draw_snapshots(top, clip, objects, snaps)
+    return {
+        "frames": len(frames),
+        "tiles": len(boxes),
+        "seconds_of_video": round(count / fps, 1),
+        "threshold": opts.threshold,
+        "objects": len(objects),
+        "found": found,
+        "flagged_while_present": [round(x, 3) for x in flagged],
+        "flagged_without_object": [round(x, 3) for x in before],
+        "objects_with_new_event": len({name for e in events for name in e["objects"]}),
+        "false_events": false,
+        "events": len(events),
+        "events_from": events_from,
+        "clean_tiles_flagged": float(flags[~held].mean()),
+        "truth": [asdict(o) for o in objects],
+        "snapshots": shots,
+        "speed": speed,
+        "files": [str(mp4), str(plot_path), str(jsonl), f"{snaps}/ ({len(top)} events)", str(clip)],
+    }
+
+
+def tile_table(results: list[dict]) -> tuple[list[int], list[list[int]], np.ndarray, np.ndarray]:
+    """Result lines -> frame numbers, the tiles' boxes (row-major), and per frame and tile whether
+    it is in an event (F, T) and its peak score (F, T)."""
+    frames = sorted({r["frame"] for r in results})
+    boxes = sorted({tuple(r["region"]["xywh"]) for r in results}, key=lambda b: (b[1], b[0]))
+    row, col = {f: i for i, f in enumerate(frames)}, {b: j for j, b in enumerate(boxes)}
+    flags, peaks = np.zeros((len(frames), len(boxes)), bool), np.zeros((len(frames), len(boxes)))
+    for r in results:
+        i, j = row[r["frame"]], col[tuple(r["region"]["xywh"])]
+        flags[i, j], peaks[i, j] = r["anomaly_event"], r["anomaly_peak"]
+    return frames, [list(b) for b in boxes], flags, peaks
+
+
+def score_objects(
+    objects: list[media.PastedObject], frames: list[int], boxes: list[list[int]], flags: np.ndarray
+) -> tuple[np.ndarray, list[float], list[float]]:
+    """Which tiles hold a present object, per frame (F, T); per object, the share of the frames it
+    is there in which a tile of it is in an event, and that share over the frames when nothing is
+    pasted in those tiles (what people walking by cost)."""
+    held = np.array([[any(o.present(f) and o.overlaps(b) for o in objects) for b in boxes] for f in frames])
+    flagged, before = [], []
+    for o in objects:
+        mine, on = np.array([o.overlaps(b) for b in boxes]), np.array([o.present(f) for f in frames])
+        flagged.append(float(flags[on][:, mine].any(1).mean()) if on.any() else 0.0)
+        empty = ~held[:, mine].any(1)
+        before.append(float(flags[empty][:, mine].any(1).mean()) if empty.any() else 0.0)
+    return held, flagged, before
+
+
+def open_set(test: Dataset, opts: DemoOptions, recognized: dict, log: Callable[[str], None]) -> dict:
+    """The Fashion-MNIST bundle on street regions: the share it calls "unknown"."""
+    jsonl = opts.out / "open-set.jsonl"
+    args = [opts.video, "--bundle", str(opts.bundle), "--grid", "2x2", "--stride", "5"]
+    speed = pixlm_run([*args, "--max-frames", str(opts.open_set_frames), "--jsonl", str(jsonl)], log)
+    results = [r for r in read_jsonl(jsonl) if r["type"] == "result"]
+    unknown = sum(r["label"] == "unknown" for r in results) / max(len(results), 1)
+    shown = next((r for r in results if r["label"] == "unknown"), results[0])
+    x, y, w, h = shown["region"]["xywh"]
+    tile = media.read_video_frames(opts.video, [shown["frame"]])[shown["frame"]][y : y + h, x : x + w]
+    ex, known = recognized["example"], recognized["known"]
+    footer = f"Fashion-MNIST model: 'unknown' for {unknown:.0%} of street regions, "
+    footer += f"known for {known:.0%} of test items"
+    panel = media.open_set_panel(
+        tile, f"-> {shown['label']}", test.images[ex["index"]], f"-> {ex['label']} {ex['score']:.2f}", footer
+    )
+    return {
+        "regions": len(results),
+        "unknown": unknown,
+        "fashion_known": known,
+        "speed": speed,
+        "files": [str(media.write_image(opts.out / "open-set.png", panel)), str(jsonl)],
+    }
+
+
+def completion(rec, test: Dataset, opts: DemoOptions) -> dict:
+    """Keep the top half of the token rows, let the model draw the rest a few times (KV cache)."""
+    rows, cols = rec.tokenizer.grid
+    keep = rows // 2
+    picks = [int(np.flatnonzero(test.labels == c)[0]) for c in (0, 1, 7, 8, 9, 3, 5, 2)]
+    grid, t = [], time.perf_counter()
+    for i in picks[: opts.completion_items]:
+        masked = test.images[i].copy()
+        masked[keep * rec.tokenizer.config.patch :] = 60
+        seeds = range(opts.seed, opts.seed + opts.completions)
+        samples = [rec.complete(test.images[i], keep, temperature=1.0, seed=j) for j in seeds]
+        grid.append([test.images[i], masked, *samples])
+    tokens_per_s = len(grid) * opts.completions * (rows - keep) * cols / (time.perf_counter() - t)
+    headers = ["original", f"top {keep}/{rows} rows", *[f"sample {j + 1}" for j in range(opts.completions)]]
+    figure = media.write_image(opts.out / "completion.png", media.completion_grid(grid, headers))
+    return {
+        "items": len(grid),
+        "samples": opts.completions,
+        "kept_rows": keep,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "files": [str(figure)],
+    }
+
+
+# -- `pixlm run` in a subprocess, and what it wrote --------------------------------------------
+METRICS = re.compile(r"ms/frame (?P<stages>[a-z_ 0-9.]+?) \| fps (?P<fps>\S+)")
+
+
+def pixlm_exe() -> list[str]:
+    """The `pixlm` console script beside this interpreter: the command users type."""
+    exe = shutil.which("pixlm", path=str(Path(sys.executable).parent)) or shutil.which("pixlm")
+    return [exe] if exe else [sys.executable, "-c", "from pixlm.entry import main; main()"]
+
+
+def _run_help() -> str:
+    return subprocess.run([*pixlm_exe(), "run", "--help"], capture_output=True, text=True).stdout
+
+
+def pixlm_run(args: list[str], log: Callable[[str], None]) -> dict:
+    """`pixlm run ARGS -q` with one metrics line, at the end, over the whole run: its frames/s and
+    ms per frame by stage, and the wall time with start-up. A failed run raises its `Error:` line."""
+    log("  $ pixlm run " + " ".join(args))
+    t = time.perf_counter()
+    p = subprocess.run(
+        [*pixlm_exe(), "run", *args, "-q", "--metrics-every", "86400"], capture_output=True, text=True
+    )
+    speed: dict = {"wall_s": round(time.perf_counter() - t, 1)}
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()] or [""]
+        why = next((ln for ln in reversed(lines) if ln.startswith("Error:")), lines[-1])
+        raise ValueError(f"pixlm run exited {p.returncode}: {why.removeprefix('Error: ')}")
+    if m := list(METRICS.finditer(p.stderr)):
+        words = m[-1]["stages"].split()
+        speed["ms_per_frame"] = {k: float(v) for k, v in zip(words[::2], words[1::2], strict=True)}
+        speed["fps"] = float(m[-1]["fps"].rpartition("=")[2])
+    return speed
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def anomaly_events(records: list[dict]) -> tuple[list[dict], str]:
+    """The runtime's ``anomaly`` event lines when it writes them; else the rising edges of each
+    region's ``anomaly_event`` in the result lines (false -> true), where those are emitted."""
+    events = [dict(r) for r in records if r.get("type") == "anomaly"]
+    if events:
+        return sorted(events, key=lambda e: e["frame"]), "runtime's event lines"
+    state: dict[str, bool] = {}
+    for r in sorted((r for r in records if r["type"] == "result"), key=lambda r: r["frame"]):
+        name = r["region"]["name"]
+        if r["anomaly_event"] and not state.get(name, False):
+            events.append({**r, "type": "anomaly", "snapshot": None, "crop": None})
+        state[name] = r["anomaly_event"]
+    return events, "result lines' rising edges"
+
+
+def _pcts(shares: list[float]) -> str:
+    return ", ".join(f"{x:.0%}" for x in shares) or "-"
+
+
+def _top_events(events: list[dict], n: int) -> list[dict]:
+    """The strongest event on each found object first, then the strongest false ones."""
+    best: dict[str, dict] = {}
+    for e in events:
+        for name in e["objects"]:
+            if name not in best or e["anomaly_peak"] > best[name]["anomaly_peak"]:
+                best[name] = e
+    false = sorted((e for e in events if not e["objects"]), key=lambda e: -e["anomaly_peak"])
+    return (list(best.values()) + false)[:n]
+
+
+# -- the closing summary -------------------------------------------------------------------------
+def format_summary(s: dict) -> str:
+    """What the demo showed, in numbers, with every file it wrote and the streams' speeds."""
+    r, c, v, o, k = (s[p] for p in ("recognition", "conveyor", "surveillance", "open_set", "completion"))
+    per_min = 60 * v["false_events"] / max(v["seconds_of_video"], 1e-9)
+    lines = [
+        f"pixlm demo: {s['seconds']:.0f} s; everything is in {s['out']}/",
+        "",
+        "1. Recognition: the shipped Fashion-MNIST model (fp32 bundle, ONNX Runtime on the CPU)",
+        f"   contact sheet: {r['sheet_right']}/{r['sheet_items']} right ({r['sheet_accuracy']:.1%})",
+        f"   first {r['test_images']} test images: {r['accuracy']:.1%} right, {r['known']:.1%} known",
+        f"   conveyor: {c['items']} items in {c['frames']} frames; an item under the camera in "
+        f"{c['frames_with_item']} frames,",
+        f"     labelled right in {c['accuracy']:.1%} of them; {c['items_right_by_majority']}/{c['items']} "
+        f"items right by majority; 'unknown' in {c['unknown_while_moving']:.0%} of the frames between items",
+        "2. Surveillance: the scene model, learned from the clip's first 60% without labels",
+        f"   {v['frames']} frames ({v['seconds_of_video']:.0f} s of held-out video) x {v['tiles']} tiles; "
+        f"an event when a tile's peak surprise passes {v['threshold']} bits/px",
+        f"   pasted objects found: {v['found']}/{v['objects']}: a tile of each in an event in "
+        f"{_pcts(v['flagged_while_present'])} of the frames it is there,",
+        f"     {_pcts(v['flagged_without_object'])} of the frames it is not (people walking by); "
+        f"{v['objects_with_new_event']} raised a new event (a tile already in one raises none)",
+        f"   false events: {v['false_events']} of {v['events']} ({per_min:.0f} a minute over all tiles; "
+        f"events from the {v['events_from']}); clean tiles in an event: {v['clean_tiles_flagged']:.1%}",
+        "3. Open set: the Fashion-MNIST model on street regions",
+        f"   'unknown': {o['unknown']:.1%} of {o['regions']} vtest.avi regions (2x2 grid); "
+        f"known: {o['fashion_known']:.1%} of Fashion-MNIST test items",
+        f"4. Completion: {k['items']} items x {k['samples']} samples from the top {k['kept_rows']} token "
+        f"rows, {k['tokens_per_s']:.0f} tokens/s through the KV cache",
+        "",
+        "pixlm run, ms per frame (tokenize / infer / post), frames/s, wall time with start-up:",
+    ]
+    for name in ("conveyor", "surveillance", "open_set"):
+        sp = s[name]["speed"]
+        ms = sp.get("ms_per_frame", {})
+        stages = " / ".join(f"{ms[x]:6.2f}" for x in ("tokenize", "infer", "post") if x in ms) or "-"
+        lines.append(f"   {name:<13} {stages} ms   {sp.get('fps', 0):6.1f} fps   {sp['wall_s']:5.1f} s")
+    lines += ["", "Files:"]
+    for name in ("recognition", "conveyor", "surveillance", "open_set", "completion"):
+        lines.append(f"   {name:<13} " + "  ".join(s[name]["files"]))
+    lines.append(f"   {'summary':<13} " + "  ".join(s["files"]["summary"]))
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""`pixlm demo --quick` end to end: the real bundles (the shipped Fashion-MNIST model's and the scene
+model's), real clips streamed by the real `pixlm run`; every output exists and tells the story."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import VTEST, run_cli
+
+SCENE_MODEL = Path(__file__).parents[2] / "sdk" / "models" / "vtest-scene.pt"
+
+
+@pytest.fixture(scope="session")
+def scene_bundle(tmp_path_factory) -> Path:
+    """The shipped scene model's bundle (fp32), exported as `make demo` does (about 15 s)."""
+    out = tmp_path_factory.mktemp("scene") / "bundle"
+    run_cli(
+        "pixlm-export",
+        str(SCENE_MODEL),
+        "--data",
+        str(VTEST),
+        "--no-int8",
+        "--no-dynamic",
+        "--eval-images",
+        "64",
+        "--bench-seconds",
+        "0",
+        "-o",
+        str(out),
+    )
+    return out
+
+
+def frames_in(video: Path) -> int:
+    cap, n = cv2.VideoCapture(str(video)), 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_demo_quick(shipped_bundle, scene_bundle, tmp_path):
+    out = tmp_path / "out"
+    p = run_cli(
+        "pixlm",
+        "demo",
+        "--quick",
+        "--bundle",
+        str(shipped_bundle),
+        "--scene-bundle",
+        str(scene_bundle),
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    for step in ("recognition", "conveyor", "surveillance", "open set", "completion"):
+        assert f"✓ {step}  " in p.stderr
+    assert (out / "summary.txt").read_text().strip() == p.stdout.strip()
+    s = json.loads((out / "summary.json").read_text())
+
+    # pictures, at the sizes the quick layout gives (4x4 sheet, 2 items x 2 samples)
+    sizes = {
+        "contact-sheet.png": (34 + 4 * (3 * 28 + 36), 4 * (3 * 28 + 12)),
+        "completion.png": (28 + 2 * (3 * 28 + 8), 4 * (3 * 28 + 8)),
+        "anomaly-score.png": (300 + 4 * 48 + 22, 900),  # the plot, then a row per tile
+    }
+    for name, size in sizes.items():
+        image = cv2.imread(str(out / name))
+        assert image is not None and image.shape == (*size, 3), name
+    assert cv2.imread(str(out / "open-set.png")) is not None
+
+    # recognition: the sheet, the test images and the conveyor stream
+    r, c = s["recognition"], s["conveyor"]
+    assert r["sheet_items"] == 16 and r["sheet_accuracy"] > 0.5 and r["accuracy"] > 0.7
+    assert 0.85 <= r["known"] <= 1.0
+    assert c["items"] == 6 and frames_in(out / "conveyor.mp4") == c["frames"] == 72
+    assert frames_in(out / "conveyor-input.mp4") == 72
+    assert c["frames_with_item"] >= 0.6 * c["frames"] and c["accuracy"] > 0.6
+
+    # surveillance: the held-out street with 2 pasted bags, every 2nd frame in a 6x8 grid
+    v = s["surveillance"]
+    assert v["frames"] == 20 and v["tiles"] == 48 and frames_in(out / "surveillance.mp4") == 20
+    assert frames_in(out / "street-with-objects.mp4") == 40
+    assert v["objects"] == 2 and v["found"] >= 1
+    assert 0 <= v["false_events"] <= v["events"]
+    assert v["snapshots"] and all(Path(f).is_file() for f in v["snapshots"])
+    assert all(cv2.imread(f) is not None for f in v["snapshots"])
+
+    # open set: street regions are "unknown" to the Fashion-MNIST model
+    assert s["open_set"]["regions"] == 32 and s["open_set"]["unknown"] >= 0.8
+    for name in ("conveyor", "surveillance", "open_set"):
+        assert s[name]["speed"]["fps"] > 0 and s[name]["speed"]["ms_per_frame"]["infer"] > 0
+
+
+def test_demo_bad_input_is_one_error_line(tmp_path):
+    p = run_cli(
+        "pixlm",
+        "demo",
+        "--quick",
+        "--bundle",
+        str(tmp_path),
+        "--scene-bundle",
+        str(tmp_path / "missing"),
+        "--out",
+        str(tmp_path / "out"),
+        check=False,
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.startswith("Error: ") and p.stderr.count("\n") == 1
+    assert "no bundle there" in p.stderr
+    p = run_cli(
+        "pixlm", "demo", "--video", str(tmp_path / "none.avi"), "--bundle", str(tmp_path), check=False
+    )
+    assert p.returncode == 1 and p.stderr.startswith("Error: ") and "video not found" in p.stderr
