@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -253,38 +254,17 @@ def run(
     Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
     --serve page in one JSON schema (README, "Events out").
     """
-    from pixlm.runtime.outputs import CallbackSink, Outputs, SnapshotWriter
-    from pixlm.runtime.outputs.events import KINDS
-    from pixlm.runtime.outputs.jsonl import JsonlSink
-    from pixlm.runtime.outputs.video import VideoSink, WindowSink
-    from pixlm.runtime.recognizer import Recognizer
-    from pixlm.runtime.sources import source_names
-    from pixlm.runtime.stream import Streamer
-
-    if roi and grid:
-        raise click.UsageError("give --roi or --grid, not both")
-    kinds = tuple(k.strip() for k in event_kinds.split(",") if k.strip())
-    if not kinds or set(kinds) - set(KINDS):
-        raise click.BadParameter(f"{event_kinds!r}: choose from {', '.join(KINDS)}", param_hint="--events")
-    import os
-
-    os.environ.setdefault(
-        "OPENCV_FFMPEG_LOGLEVEL", "-8"
-    )  # FFmpeg's own messages: quiet (status events say it)
-    import cv2
-
-    cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
-    outputs = Outputs()
+    outputs = None
     video_sink = server = None
     streamer = None
     stopped_by = None
     n = 0
 
     def on_signal(signum, _frame) -> None:
-        # Never raises: an exception thrown into the set-up could land inside a C extension's
-        # import (ONNX Runtime's), which turns it into an ImportError. Set-up finishes (about a
-        # second), then nothing streams.
+        # Installed first, before the imports below, and never raises: a KeyboardInterrupt inside
+        # an import is swallowed by libraries' optional `try: import` (the run went on as if never
+        # interrupted) or becomes an ImportError. Set-up finishes (about a second), then nothing
+        # streams.
         nonlocal stopped_by
         stopped_by = signum
         if streamer is not None:
@@ -292,6 +272,26 @@ def run(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        from pixlm.runtime.outputs import CallbackSink, Outputs, SnapshotWriter
+        from pixlm.runtime.outputs.events import KINDS
+        from pixlm.runtime.outputs.jsonl import JsonlSink
+        from pixlm.runtime.outputs.video import VideoSink, WindowSink
+        from pixlm.runtime.recognizer import Recognizer
+        from pixlm.runtime.sources import source_names
+        from pixlm.runtime.stream import Streamer
+
+        if roi and grid:
+            raise click.UsageError("give --roi or --grid, not both")
+        kinds = tuple(k.strip() for k in event_kinds.split(",") if k.strip())
+        if not kinds or set(kinds) - set(KINDS):
+            choices = ", ".join(KINDS)
+            raise click.BadParameter(f"{event_kinds!r}: choose from {choices}", param_hint="--events")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages: quiet (events say it)
+        import cv2
+
+        cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
+        outputs = Outputs()
         rec = Recognizer.open(
             bundle or ensure_default_bundle(),
             backend,
@@ -360,7 +360,8 @@ def run(
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        outputs.close()
+        if outputs is not None:
+            outputs.close()
     if stopped_by is None and streamer is not None:
         failed = [s.name for s in streamer.sources if s.status == "error"]
         if n == 0 or len(failed) == len(streamer.sources):
