@@ -74,7 +74,7 @@ class QueuedDelivery:
                     return  # closing and drained
                 record = self._queue[0]
             if not self.ready():
-                self._closing.wait(0.1)
+                self._pause(0.1)
                 continue
             try:
                 ok = self.deliver(record)
@@ -91,7 +91,15 @@ class QueuedDelivery:
                 continue
             failures += 1
             self.stats["retries"] += 1
-            self._closing.wait(self.retry_delay(failures))
+            self._pause(self.retry_delay(failures))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before the next try; ``close`` cuts a long backoff short, and while closing the
+        waits still happen (no busy loop), bounded by the drain deadline."""
+        if self._closing.is_set():
+            time.sleep(max(0.0, min(seconds, self._deadline - time.monotonic())))
+        else:
+            self._closing.wait(seconds)
 
     def close_queue(self) -> None:
         """Stop accepting, give the sender ``drain_s`` to empty the queue, count what is left."""

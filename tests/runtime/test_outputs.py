@@ -344,3 +344,42 @@ def test_live_view_in_headless_chromium_and_metrics(tiny_bundle, tmp_path):
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=60)
     assert run.returncode == 130, err
+
+
+def test_queued_delivery_bounds_orders_retries_and_drains():
+    """The queue both network sinks share: oldest dropped beyond the bound (counted), delivery in
+    order with retries, and a close while the peer is down that waits (without spinning) for at
+    most drain_s and counts what is left."""
+    from pixlm.runtime.outputs.delivery import QueuedDelivery
+
+    class Peer(QueuedDelivery):
+        def __init__(self):
+            super().__init__(queue_size=5, drain_s=0.6)
+            self.up, self.got, self.tries = False, [], 0
+
+        def retry_delay(self, failures):
+            return 0.05
+
+        def deliver(self, record):
+            self.tries += 1
+            if self.up:
+                self.got.append(record["n"])
+            return self.up
+
+    peer = Peer()
+    peer.start()
+    for n in range(8):
+        peer.put({"n": n})
+    assert peer.stats["dropped"] == 3  # 0, 1, 2: the oldest
+    time.sleep(0.3)  # the peer is down: tries fail and are retried
+    peer.up = True
+    deadline = time.monotonic() + 5
+    while peer.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peer.got == [3, 4, 5, 6, 7] and peer.stats["retries"] >= 1
+    peer.up = False
+    peer.put({"n": 8})
+    t0, tries = time.monotonic(), peer.tries
+    peer.close_queue()
+    assert time.monotonic() - t0 < 2.0 and peer.stats["left_at_close"] == 1
+    assert peer.tries - tries <= 0.6 / 0.05 + 3  # backoff honoured while draining: no busy loop
