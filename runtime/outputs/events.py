@@ -54,13 +54,18 @@ class EventTracker:
         for rr in fr.regions:
             key = (fr.source, rr.region.name)
             res = rr.result
+            fire = rr.anomalous and not self._hot.get(key, False)
+            change = bool(res.label) and res.label != self._label.get(key)  # a label-free model has none
+            if not (fire or change):  # the common case, per region per frame: nothing to build
+                self._hot[key] = rr.anomalous
+                continue
             base = {
                 "source": fr.source,
                 "frame": fr.index,
                 "timestamp": round(fr.timestamp, 6),
                 "region": {"name": rr.region.name, "xywh": rr.region.to_list()},
             }
-            if rr.anomalous and not self._hot.get(key, False):
+            if fire:
                 out.append(
                     {
                         "type": "anomaly",
@@ -75,7 +80,7 @@ class EventTracker:
                     }
                 )
             self._hot[key] = rr.anomalous
-            if res.label and res.label != self._label.get(key):  # a label-free model has none
+            if change:
                 previous = self._label.get(key)
                 self._label[key] = res.label
                 out.append(
