@@ -9,7 +9,7 @@ APT_PACKAGES := dataset-fashion-mnist opencv-doc ffmpeg python3-gi gir1.2-gst-rt
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav \
 	mosquitto chromium
 
-.PHONY: setup system demo test lint format clean soak
+.PHONY: setup system demo test lint format clean soak frontier
 
 setup: system $(VENV)/.installed
 
@@ -62,6 +62,16 @@ test: lint
 # 30 minutes: 3 RTSP cameras (killed in turn) + 2 looping files; figures to docs/figures/soak.*
 soak: setup
 	$(BIN)/python benchmarks/soak.py --minutes 30
+
+# The accuracy-cost frontier: every ONNX file of the shipped and the small Fashion-MNIST model,
+# each gated on all 10,000 test images, against a small CNN trained (5 epochs) and timed in the
+# same run; the table is printed, figures go to docs/figures/frontier.* (about 15 min on 2 cores).
+FRONTIER := build/frontier
+frontier: setup
+	$(BIN)/pixlm-export -o $(FRONTIER)/fashion-mnist --force
+	$(BIN)/pixlm-export sdk/models/fashion-mnist-small.pt -o $(FRONTIER)/fashion-mnist-small --force
+	$(BIN)/python benchmarks/frontier.py $(FRONTIER)/fashion-mnist $(FRONTIER)/fashion-mnist-small \
+		--json docs/figures/frontier.json --plot docs/figures/frontier.png
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -66,3 +66,53 @@ def speed(engine: OrtEngine, seqs: np.ndarray, budget_s: float = 1.0) -> tuple[f
     ms1 = 1000 * _median_seconds(lambda: engine.prefill(one), budget_s=budget_s)
     fps16 = 16 / _median_seconds(lambda: engine.prefill(sixteen), budget_s=budget_s)
     return ms1, fps16
+
+
+def prefill_flops(cfg: dict, n_tokens: int) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one prefill of ``n_tokens`` (BOS + image) through a
+    decoder of config ``cfg`` (``PixLMConfig.to_dict()``): what the exported graph computes.
+
+    Per layer: qkv, attention output and MLP projections (24 T C^2) and the two attention products
+    over the whole T x T score matrix (4 T^2 C; the graph masks, it does not skip, the upper half);
+    then the head (2 T C vocab). Embeddings, LayerNorm, softmax and GELU are not counted.
+    """
+    t, c = n_tokens, cfg["d_model"]
+    vocab = cfg["n_codes"] + 1 + cfg["n_labels"]
+    return cfg["n_layer"] * (24 * t * c * c + 4 * t * t * c) + 2 * t * c * vocab
+
+
+def matmul_peak_gflops(threads: int | None = None, n: int = 1024, budget_s: float = 2.0) -> float:
+    """ONNX Runtime's own fp32 speed on one big ``n`` x ``n`` x ``n`` MatMul, GFLOP/s (best of runs).
+
+    The yardstick for the model's figures: measured in the same run on the same cores, a model's
+    share of it means the same on any machine.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {x: rng.standard_normal((n, n), dtype=np.float32) for x in "ab"}
+    best = best_seconds(lambda: session.run(None, feed), budget_s=budget_s)
+    return 2 * n**3 / best / 1e9
+
+
+def best_seconds(fn, min_runs: int = 5, budget_s: float = 1.0) -> float:
+    """Fastest of repeated calls of ``fn`` after one warm-up: the least disturbed by other load."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or (time.perf_counter() - start < budget_s and len(times) < 500):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(min(times))
