@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 MAX_BACKOFF_S = 30.0  # the longest wait between two reconnect attempts
-FILE_QUEUE_SIZE = 8  # frames a file source decodes ahead of the consumer
+FILE_QUEUE_SIZE = 2  # frames a file source decodes ahead (the lanes hold a batch more; 8 held 10 MB of vtest)
 # A live read that blocks this fraction of the timeout or longer and then returns a frame gave a
 # decoder's buffered frame from a stalled stream (see LiveSource._pump).
 STALE_READ = 0.8
