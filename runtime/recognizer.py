@@ -38,6 +38,7 @@ import numpy as np
 from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of
 from pixlm.runtime.engine import KV, Engine, OrtEngine
 from pixlm.runtime.novelty import OODGate, features, png_bits_per_pixel
+from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, first_change
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
 LN2 = math.log(2.0)
@@ -101,16 +102,6 @@ class Result:
         }
 
 
-@dataclass
-class _Prefix:
-    """Per-region memory for prefix reuse: last tokens, their KV cache and next-token log-probs."""
-
-    tokens: np.ndarray  # (N,)
-    past: list[KV]  # per layer (1, nh, N+1, hd): BOS + N image tokens
-    logp: np.ndarray  # (N, n_codes) log-probs of each image token's position
-    label_logits: np.ndarray  # (L,)
-
-
 class Recognizer:
     """A bundle's tokenizer and model behind one engine. Build with :meth:`open`."""
 
@@ -137,6 +128,7 @@ class Recognizer:
         # the open-set gate: None when the bundle has none or ``unknown`` is off
         self.gate: OODGate | None = bundle.ood_gate(file_key) if unknown and self.labels else None
         self.stats = {"frames": 0, "reuse_hits": 0, "tokens_total": 0, "tokens_saved": 0}
+        self.reuse_policy = ReusePolicy()  # when a cached prefix is worth using (prefix_reuse.py)
 
     @classmethod
     def open(
@@ -235,61 +227,69 @@ class Recognizer:
 
     # -- prefix reuse: static cameras ----------------------------------------------------------
     def predict_tokens_reusing(
-        self, tokens: np.ndarray, memory: list[_Prefix | None], nll_map: bool = False
+        self, tokens: np.ndarray, memory: list[Prefix | None], nll_map: bool = False
     ) -> list[Result]:
         """Like ``predict_batch`` on already tokenized regions, running the engine only from each
-        region's first token that changed since its previous frame (``memory[i]``, updated in place).
+        region's first token that changed since its previous frame (``memory[i]``, updated in place),
+        where ``self.reuse_policy`` expects that to pay; the other regions get a full pass.
 
         Exact for a causal model: a token's output depends only on the tokens before it, so the
         cached KV of an unchanged prefix is what a full recompute would produce.
         """
         n = tokens.shape[1]
-        first_change = [_first_change(m, t, n) for m, t in zip(memory, tokens, strict=True)]
+        changes = [first_change(m, t, n) for m, t in zip(memory, tokens, strict=True)]
         if not getattr(self.engine, "chunked_past", True):
             # an engine without a profile for several tokens on a cache (older TensorRT engines):
             # a changed region is recomputed in full, which is exact too
-            first_change = [0 if j < n else j for j in first_change]
-        fresh = [i for i, j in enumerate(first_change) if j == 0]
-        partial = [i for i, j in enumerate(first_change) if 0 < j < n]
-        if fresh:  # new regions, or the first token changed: one batched prefill
-            bos = np.full((len(fresh), 1), self.tokenizer.bos, np.int64)
-            logits, present = self.engine.prefill(np.concatenate([bos, tokens[fresh]], axis=1))
-            for r, i in enumerate(fresh):
-                memory[i] = _Prefix(
-                    tokens[i].copy(),
-                    _own_rows(present, r),
-                    log_softmax(logits[r, :-1, : self.n_codes]),
-                    logits[r, -1, self.n_codes + 1 :].copy(),
-                )
-        if partial:
-            # One call for all the others, from their smallest first change j: recomputing a few
-            # unchanged tokens gives the same values and keeps the batch whole. The cache holds
-            # BOS + tokens[:j]; tokens[j:] go in, their outputs predict tokens j+1.. and the label.
-            j = min(first_change[i] for i in partial)
-            past = [
-                (
-                    np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in partial]),
-                    np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in partial]),
-                )
-                for layer in range(len(memory[partial[0]].past))
-            ]
-            logits, present = self.engine.run(tokens[partial, j:], past)
-            for r, i in enumerate(partial):
-                m = memory[i]
-                m.tokens = tokens[i].copy()
-                m.past = _own_rows(present, r)
-                m.logp = np.concatenate([m.logp[: j + 1], log_softmax(logits[r, :-1, : self.n_codes])])
-                m.label_logits = logits[r, -1, self.n_codes + 1 :].copy()
-                first_change[i] = j
+            changes = [0 if j < n else j for j in changes]
+        starts = [n] * len(tokens)  # n: unchanged, everything from the cache
+        for start, rows in self.reuse_policy.plan(changes, n):
+            if start == 0:
+                self._full_pass(tokens, rows, memory)
+            else:
+                self._from_prefix(tokens, rows, memory, start)
+            for i in rows:
+                starts[i] = start
         label_logits = np.stack([m.label_logits for m in memory])
         logp = np.stack([m.logp for m in memory])
         results = self._results(tokens, label_logits, logp, nll_map)
-        for r, j in zip(results, first_change, strict=True):
+        for r, j in zip(results, starts, strict=True):
             r.reused_tokens = 0 if j == 0 else j + 1  # BOS + tokens[:j] came from the cache
             self.stats["reuse_hits"] += int(j > 0)
             self.stats["tokens_saved"] += r.reused_tokens
         self._count(tokens)
         return results
+
+    def _full_pass(self, tokens: np.ndarray, rows: list[int], memory: list[Prefix | None]) -> None:
+        """New regions, changed first tokens, or too little to keep: one batched prefill."""
+        bos = np.full((len(rows), 1), self.tokenizer.bos, np.int64)
+        logits, present = self.engine.prefill(np.concatenate([bos, tokens[rows]], axis=1))
+        for r, i in enumerate(rows):
+            memory[i] = Prefix(
+                tokens[i].copy(),
+                _own_rows(present, r),
+                log_softmax(logits[r, :-1, : self.n_codes]),
+                logits[r, -1, self.n_codes + 1 :].copy(),
+            )
+
+    def _from_prefix(self, tokens: np.ndarray, rows: list[int], memory: list[Prefix | None], j: int) -> None:
+        """One call for ``rows``, all from token ``j`` (their smallest first change: recomputing a
+        few unchanged tokens gives the same values and keeps the batch whole). The cache holds
+        BOS + tokens[:j]; tokens[j:] go in, their outputs predict tokens j+1.. and the label."""
+        past = [
+            (
+                np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in rows]),
+                np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in rows]),
+            )
+            for layer in range(len(memory[rows[0]].past))
+        ]
+        logits, present = self.engine.run(tokens[rows, j:], past)
+        for r, i in enumerate(rows):
+            m = memory[i]
+            m.tokens = tokens[i].copy()
+            m.past = _own_rows(present, r)
+            m.logp = np.concatenate([m.logp[: j + 1], log_softmax(logits[r, :-1, : self.n_codes])])
+            m.label_logits = logits[r, -1, self.n_codes + 1 :].copy()
 
     # -- completion ----------------------------------------------------------------------------
     def complete(
@@ -371,14 +371,6 @@ def _own_rows(present: list[KV], r: int) -> list[KV]:
     """Row ``r`` of every layer's KV, copied: a view would keep the whole batch's arrays alive for as
     long as the region is remembered (all regions of a batch pinned 16 caches each)."""
     return [(k[r : r + 1].copy(), v[r : r + 1].copy()) for k, v in present]
-
-
-def _first_change(memory: _Prefix | None, tokens: np.ndarray, n: int) -> int:
-    """Index of the first token that differs from the region's previous frame (n: none; 0: no memory)."""
-    if memory is None:
-        return 0
-    changed = np.flatnonzero(memory.tokens != tokens)
-    return int(changed[0]) if len(changed) else n
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pixlm.runtime.lanes import Lanes
-from pixlm.runtime.recognizer import Recognizer, Result, _Prefix
+from pixlm.runtime.prefix_reuse import Prefix
+from pixlm.runtime.recognizer import Recognizer, Result
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
 
 MAX_REGIONS = 1024  # regions per frame: beyond it a grid is a typo, and memory grows with it
@@ -218,10 +219,10 @@ class Streamer:
         self.metrics = Metrics()
         self.engine_calls: Counter[int] = Counter()  # regions per engine call -> calls (running total)
         self._stop = threading.Event()
-        self._lanes = Lanes(depth=max_batch)  # prepared frames, one lane per source
+        self._lanes = Lanes(depth=max_batch)  # a batch of prepared regions per source
         self.metrics.replaced = self._lanes.dropped
         self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
-        self._memory: dict[tuple[str, str], _Prefix | None] = {}
+        self._memory: dict[tuple[str, str], Prefix | None] = {}
         self._open = dict(
             stride=stride,
             realtime=realtime,

@@ -172,32 +172,32 @@ def test_missing_bundle_is_one_clear_line(tmp_path):
     assert p.returncode == 1 and "no such bundle folder" in stderr and "Traceback" not in stderr
 
 
-def test_bench_prints_its_tables(tiny_bundle):
+def test_bench_prints_its_tables(tiny_bundle, tmp_path):
     p = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            NO_TORCH,
-            "bench",
-            "--bundle",
-            str(tiny_bundle),
-            "--frames",
-            "1200",
-            "--threads",
-            "1",
-        ],
+        [sys.executable, "-c", NO_TORCH, "bench", "--bundle", str(tiny_bundle), "--frames", "1200"]
+        + ["--threads", "1", "--repeats", "1", "--reuse-frames", "40"]
+        + ["--static-clip", str(tmp_path / "static.avi")],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert p.returncode == 0, p.stderr
-    for words in ("engine only", "end to end", "prefix reuse hit rate", "growth from frame 1,000 to 1,200"):
+    for words in ("engine only", "end to end", "where prefix reuse pays", "growth from 10% of the run"):
         assert words in p.stdout
     # reuse is exact with the fp32 file: the printed difference is a number, and tiny
     diff = re.search(r"reuse vs full recompute \(score, bits\) \| ([0-9.e+-]+) \|", p.stdout)
     assert diff and float(diff.group(1)) <= 1e-4, p.stdout
     gate = re.search(r"open-set gate \('unknown'\): (\d+) µs per region \| ([\d,]+) \|", p.stdout)
     assert gate and int(gate.group(1)) > 0, p.stdout  # its cost, measured
+    # reuse on vs off: both clips, at the batch and at one frame per call, each with its ratio
+    ratios = re.findall(
+        r"^\| (vtest.avi|static) \| (16|4 \(one frame\)) \| .* \| \*\*([0-9.]+)x\*\* \|", p.stdout, re.M
+    )
+    assert len(ratios) == 4, p.stdout
+    # memory: the run's peak above the libraries' floor, measured in the same run
+    floor = re.search(r"floor: .* \| ([0-9.]+) \|", p.stdout)
+    above = re.search(r"\*\*peak minus the floor\*\* \| \*\*([0-9.]+)\*\*", p.stdout)
+    assert floor and above and 30 < float(floor.group(1)) and 0 < float(above.group(1)) < 500, p.stdout
 
 
 def test_no_source_delivering_is_an_error_with_clean_output(tiny_bundle):
