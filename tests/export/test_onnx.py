@@ -155,3 +155,36 @@ def test_lint_flags_what_tensorrt_cannot_parse(fp32_path, tmp_path):
     quantize.quantize_dynamic_int8(fp32_path, dyn)
     problems = " ".join(tensorrt.lint_onnx(dyn)["problems"])
     assert "DynamicQuantizeLinear" in problems and "MatMulInteger" in problems
+
+
+def test_attention_chunks_are_exact_for_every_split(fp32_path, seqs):
+    """The exported attention multiplies each block of queries only with the keys it can see
+    (``sdk/model.py _causal_chunks``); any split of a sequence into prefix + rest, including
+    pieces shorter than the number of chunks, must equal one full prefill."""
+    from pixlm.model import ONNX_QUERY_CHUNKS
+
+    proto = onnx.load(str(fp32_path))
+    softmaxes = [n for n in proto.graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == ONNX_QUERY_CHUNKS * 2  # the tiny model has 2 layers
+    engine = OrtEngine(fp32_path, threads=1)
+    full, _ = engine.prefill(seqs[:3])
+    for split, step in ((1, 1), (5, 2), (7, 3), (30, 5), (48, 1)):
+        pieces, past, pos = [], None, 0
+        for end in (split, *range(split + step, seqs.shape[1] + step, step)):
+            logits, past = engine.run(seqs[:3, pos:end], past)
+            pieces.append(logits)
+            pos = end
+        np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=mf.ATOL_FP32)
+
+
+def test_prefix_reuse_deviation_float_exact_dynamic_measured(tiny, fp32_path, seqs, tmp_path):
+    from pixlm.export import measure
+
+    n_labels = tiny[0].cfg.n_labels
+    diff, agree = measure.prefix_reuse_deviation(OrtEngine(fp32_path, threads=1), seqs[:16], n_labels)
+    assert diff <= mf.ATOL_FP32 and agree == 1.0
+    dyn = tmp_path / "dyn.onnx"
+    quantize.quantize_dynamic_int8(fp32_path, dyn)
+    diff, agree = measure.prefix_reuse_deviation(OrtEngine(dyn, threads=1), seqs[:16], n_labels)
+    assert mf.ATOL_FP32 < diff < 1.0  # per-call activation ranges: not exact, not broken
+    assert 0.5 <= agree <= 1.0
