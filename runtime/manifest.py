@@ -80,7 +80,7 @@ K_FILES = "files"  # {"fp32": {"path", "sha256", "precision", "format", "bytes"}
 K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8": {...}}
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
 KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
-K_RECOMMENDED = "recommended"  # {"cpu": file key, "tensorrt": file key or absent}
+K_RECOMMENDED = "recommended"  # {"cpu": fastest file at batch 16 that passed the gate, "tensorrt": key}
 K_OOD = "ood"  # {ONNX file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
 
 # files: one entry per produced file, keyed by what it is
@@ -101,6 +101,11 @@ M_KV_MAX_ABS_DIFF = "kv_max_abs_logit_diff"  # prefill + one-token decode vs ful
 M_LABEL_AGREEMENT = "label_agreement"  # fraction of images whose label argmax equals PyTorch's
 M_MS_BATCH1 = "ms_per_frame_batch1"
 M_FPS_BATCH16 = "frames_per_s_batch16"
+# prefix reuse: logits of "prefill a prefix, then the rest on its cache" vs one full prefill, max |Δ|
+# over prefixes of 1/4, 1/2 and 3/4 of the image. Float files: rounding (~1e-5). Dynamic INT8: its
+# activation scales follow each call's inputs, so a reused prefix is not bit-exact; this says how far.
+M_REUSE_MAX_ABS_DIFF = "prefix_reuse_max_abs_logit_diff"
+M_REUSE_LABEL_AGREEMENT = "prefix_reuse_label_agreement"  # share of images whose label argmax is unchanged
 
 
 def onnx_filename(key: str) -> str:

@@ -162,3 +162,82 @@ def test_publishing_over_a_bundle_never_leaves_it_missing(tmp_path, monkeypatch)
     assert not any(missing), "OUT_DIR was missing after a rename"
     assert str(out / "manifest.json") in synced or str(stage / "manifest.json") in synced
     assert str(tmp_path) in synced  # the folder holding the rename
+
+
+REAL_DYNAMIC_INT8 = pipeline.quantize.quantize_dynamic_int8
+
+
+def _damaged_dynamic_int8(fp32_path, out_path):
+    """A real dynamic-INT8 file whose int8 weights are reversed: it runs, its accuracy collapses."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    n = REAL_DYNAMIC_INT8(fp32_path, out_path)
+    proto = onnx.load(str(out_path))
+    for init in proto.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.int8 and w.ndim == 2:
+            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[::-1]), init.name))
+    onnx.save(proto, str(out_path))
+    return n
+
+
+def test_a_variant_below_the_gate_is_left_out_and_named(tiny_checkpoint, tmp_path, monkeypatch):
+    """One INT8 variant below the gate: the export goes on without it, with a ✗ line that says so;
+    the CPU recommendation is picked among the files that passed."""
+    monkeypatch.setattr(pipeline.quantize, "quantize_dynamic_int8", _damaged_dynamic_int8)
+    out = tmp_path / "b"
+    fast = [a for a in FAST if a != "--no-dynamic"]
+    r = export(str(tiny_checkpoint), "-o", str(out), *fast, "--dynamic")
+    assert r.exit_code == 0, r.output
+    assert (
+        "✗ accuracy int8 dynamic" in r.output and "model.int8-dynamic.onnx left out of the bundle" in r.output
+    )
+    assert "✓ accuracy int8 qdq" in r.output
+    man = json.loads((out / mf.MANIFEST).read_text())
+    assert set(man[mf.K_FILES]) == {mf.FP32, mf.INT8}
+    assert mf.INT8_DYNAMIC not in man[mf.K_METRICS] and mf.INT8_DYNAMIC not in man.get(mf.K_OOD, {})
+    assert not (out / mf.onnx_filename(mf.INT8_DYNAMIC)).exists()
+    assert man[mf.K_RECOMMENDED]["cpu"] in man[mf.K_FILES]
+    assert man[mf.K_METRICS][mf.INT8][mf.M_REUSE_MAX_ABS_DIFF] < 1.0
+    assert man[mf.K_METRICS][mf.FP32][mf.M_REUSE_MAX_ABS_DIFF] <= mf.ATOL_FP32
+
+
+def test_every_variant_below_the_gate_fails_the_export(tiny_checkpoint, tmp_path):
+    out = tmp_path / "b"
+    fast = [a for a in FAST if a != "--no-dynamic"]
+    r = export(str(tiny_checkpoint), "-o", str(out), *fast, "--dynamic", "--max-drop", "-1")
+    assert r.exit_code == 1
+    assert "✗ accuracy int8 qdq" in r.output and "✗ accuracy int8 dynamic" in r.output
+    assert "Error: int8 accuracy" in r.output and "Traceback" not in r.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_recommendation_is_the_fastest_file_in_the_bundle(tmp_path):
+    path = tmp_path / "m.onnx"
+    rows = [
+        pipeline.Row(mf.FP32, path, fps_batch16=100.0),
+        pipeline.Row(mf.INT8, path, fps_batch16=120.0),
+        pipeline.Row(mf.INT8_DYNAMIC, path, fps_batch16=180.0),
+        pipeline.Row(mf.TRT_PREFIX + "int8", path, fps_batch16=None),
+    ]
+    assert pipeline.recommend_cpu(rows) == mf.INT8_DYNAMIC
+    assert pipeline.recommend_cpu(rows[:2]) == mf.INT8
+    untimed = [pipeline.Row(r.format, path) for r in rows]
+    assert pipeline.recommend_cpu(untimed) == mf.INT8  # no speed figures: static INT8 first
+    assert pipeline.recommend_cpu(untimed[:1]) == mf.FP32
+
+
+def test_tensorrt_needs_the_static_int8_file(tmp_path):
+    """--tensorrt builds its INT8 engine from model.int8.onnx: that file below the gate is fatal
+    even when the dynamic one passed."""
+    from pixlm.export import validate
+
+    err = validate.AccuracyGateError(mf.INT8, 0.9, 0.8, 0.5, 100)
+    opts = pipeline.ExportOptions(out_dir=tmp_path / "b")
+    pipeline.check_rejected({mf.INT8: err}, 2, opts)  # CPU bundle: left out, no error
+    with pytest.raises(validate.AccuracyGateError):
+        pipeline.check_rejected({mf.INT8: err}, 2, pipeline.ExportOptions(out_dir=tmp_path, tensorrt=True))
+    with pytest.raises(validate.AccuracyGateError):
+        pipeline.check_rejected({mf.INT8: err}, 1, opts)  # nothing INT8 left
