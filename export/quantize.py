@@ -11,6 +11,19 @@ because the huge mask constant and the Softmax inputs wreck MinMax calibration r
   on real *training* images. ONNX Runtime and TensorRT both run it.
 * :func:`quantize_dynamic_int8` - int8 weights, activations quantized per batch at run time
   (DynamicQuantizeLinear + MatMulInteger). CPU only: TensorRT's parser has no DynamicQuantizeLinear.
+  Its activation ranges follow each call's inputs, so prefix reuse is not bit-exact with it; the
+  exporter measures how far (``prefix_reuse_max_abs_logit_diff`` in the manifest). The static QDQ
+  file is exact under reuse.
+
+What else was measured on the shipped model (issue 12, ORT 1.32, AVX-512 VNNI, 1 thread, best-of
+CPU time at batch 16, relative to that run's plain-attention fp32 file) and not kept, so the
+next attempt starts from numbers: dynamic INT8 of *all* MatMuls, attention products included
+(``MatMulConstBOnly: False``): 1.51x vs 1.50x weight-only on the plain graph, 1.73x vs 1.79x on the
+chunked one (quantizing K and V on every call costs what the int8 product saves); uint8 weights
+1.12x; per-tensor weights 1.50x (no gain over per-channel); static QOperator (QLinearMatMul, uint8
+activations) 1.45x; static QDQ of all MatMuls 1.21x, of weight MatMuls 1.22x (int8 activations) /
+1.42x (uint8); ONNX Runtime's fused MultiHeadAttention (contrib op, with past/present KV):
+fp32 0.93x, under dynamic INT8 1.51x vs 1.49x: no gain, and TensorRT cannot parse it.
 """
 
 from __future__ import annotations
