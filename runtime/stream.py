@@ -301,8 +301,7 @@ class Streamer:
                     if not self._lanes.has_room(s.name, s.live):
                         continue
                     frame = s.read(timeout=0)
-                    again = self.loop == 0 or self._passes[s.name] < self.loop
-                    if frame is None and s.eos and again:
+                    if frame is None and s.eos and self._replays(s):
                         self._passes[s.name] += 1  # benchmarks: replay a file
                         s.close()
                         self.sources[i] = s = open_source(self.uris[i], name=self._names[i], **self._open)
@@ -323,13 +322,18 @@ class Streamer:
                     prepared = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
                     self._lanes.put(s.name, prepared, s.live)
                 if not got:
-                    if all(s.eos or s.status == "error" for s in self.sources):
+                    # a file with passes left is not finished, even when its lane is full now
+                    if all(s.status == "error" or (s.eos and not self._replays(s)) for s in self.sources):
                         break
                     time.sleep(0.002)
         except BaseException as e:  # handed to the consumer, which raises it
             self._lanes.finish(e)
             return
         self._lanes.finish()
+
+    def _replays(self, source: Source) -> bool:
+        """Whether ``source``, once at its end, is played again (``loop``)."""
+        return self.loop == 0 or self._passes[source.name] < self.loop
 
     def _regions_of(self, frame: Frame) -> list[Region] | None:
         """The regions of a frame of this size (recomputed when a source's frame size changes).

@@ -5,6 +5,8 @@ torch is blocked in this folder: everything here is what the camera box runs.
 
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -195,3 +197,27 @@ def test_prefix_memory_owns_its_arrays(rec, frames):
         for k, v in m.past:
             assert k.base is None and v.base is None and k.shape[0] == 1
         assert m.label_logits.base is None
+
+
+def test_a_looped_file_plays_every_pass_when_its_lane_is_full_at_its_end(rec, tmp_path):
+    """The worker stopped once every source had reached its end, even a file with passes left: at
+    the end of a pass the status turns "eos" before the end marker is queued (an event sink runs in
+    between), and a file whose lane was full then was taken as finished. `--loop 6` over 20,000
+    frames of vtest.avi ended after 4 passes (issue 12, section 5's memory run)."""
+    cap = cv2.VideoCapture(str(VTEST))
+    clip = tmp_path / "short.avi"
+    out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (768, 576))
+    for _ in range(6):
+        out.write(cap.read()[1])
+    out.release()
+
+    def slow_sink(event) -> None:  # e.g. an MQTT publish, in the reader thread
+        if event.status == "eos":
+            time.sleep(0.5)
+
+    indices = []
+    with Streamer(rec, [str(clip)], grid=(2, 2), max_batch=4, loop=3, on_event=slow_sink) as s:
+        for fr in s:
+            indices.append(fr.index)
+            time.sleep(0.05)  # the engine is slower than the decoder: the file's lane stays full
+    assert indices == list(range(6)) * 3
