@@ -227,7 +227,8 @@ class Source:
 def _return_freed_memory() -> None:
     """Hand memory freed by a released capture (FFmpeg's demuxer and decoder, several MB) back to
     the system. glibc keeps freed blocks in the reader thread's malloc arena, so without this the
-    process grew by a step at every camera reconnect (``make soak``). A no-op off glibc."""
+    process grew by a step at every camera reconnect (``make soak``) and at every pass of a looped
+    file. A no-op off glibc."""
     try:
         import ctypes
 
@@ -497,6 +498,7 @@ def _video_reader(cap: cv2.VideoCapture, first: np.ndarray) -> FrameReader:
                 index += 1
         finally:
             cap.release()
+            _return_freed_memory()  # a file replayed (--loop) grew by a step at each pass
 
     return frames
 
