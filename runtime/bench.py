@@ -236,10 +236,14 @@ def bench(bundle, precision, threads, batch, frames, repeats, reuse_frames, stat
     per_frame = {name: clip_tokens(rec, path, 400) for name, path in scenes.items()}
     tokens = per_frame["vtest.avi"].reshape(-1, per_frame["vtest.avi"].shape[-1])
     rec.predict_tokens(tokens[:batch])  # warm up
-    t0 = time.perf_counter()
-    for i in range(0, len(tokens), batch):
-        rec.predict_tokens(tokens[i : i + batch])
-    engine = len(tokens) / (time.perf_counter() - t0)
+
+    def engine_rate() -> float:
+        t0 = time.perf_counter()
+        for i in range(0, len(tokens), batch):
+            rec.predict_tokens(tokens[i : i + batch])
+        return len(tokens) / (time.perf_counter() - t0)
+
+    engine = 0.0  # best of the repeats below, interleaved with the streaming runs it is compared to
     gate_us = 1e6 * gate_seconds(rec, tokens) / len(tokens) if rec.gate is not None else None
 
     # -- where reuse pays -------------------------------------------------------------------------
@@ -265,6 +269,7 @@ def bench(bundle, precision, threads, batch, frames, repeats, reuse_frames, stat
     rates: dict[tuple[str, int, bool], list[float]] = {}
     saved: dict[tuple[str, int], float] = {}
     for r in range(repeats):
+        engine = max(engine, engine_rate())
         for name, size in configs:
             for reuse in (False, True) if r % 2 == 0 else (True, False):
                 before = dict(rec.stats)
