@@ -25,20 +25,21 @@ import argparse
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from pixlm.data import load_fashion_mnist, shift_batch
+from pixlm.data import load_fashion_mnist
 from pixlm.export.measure import matmul_peak_gflops, prefill_flops
 from pixlm.progress import bar
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle
 from pixlm.runtime.engine import OrtEngine
+from pixlm.studies import few_labels
 from pixlm.studies.common import write_png
 from pixlm.studies.few_labels import SmallCNN
 
@@ -62,31 +63,13 @@ class Row:
 def train_cnn(epochs: int, threads: int) -> tuple[SmallCNN, float, float]:
     """The anchor: SmallCNN on all 60,000 training images with +-2 px shifts (as pixlm trains),
     Adam 1e-3, batch 64. Returns the net, its test accuracy and the training seconds."""
-    torch.manual_seed(0)
     torch.set_num_threads(threads)
-    train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
-    net = SmallCNN(len(train.label_names))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    steps = epochs * -(-len(train) // 64)
-    with bar(desc="CNN anchor", total=steps, unit="step") as progress:
-        for _ in range(epochs):
-            order = rng.permutation(len(train))
-            for i in range(0, len(order), 64):
-                idx = order[i : i + 64]
-                x = torch.from_numpy(shift_batch(train.images[idx], 2, rng)).float()[:, None] / 255
-                loss = F.cross_entropy(net(x), torch.from_numpy(train.labels[idx]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                progress.update()
+    net = few_labels.train_cnn(
+        load_fashion_mnist(split="train"), seed=0, quick=False, epochs=epochs, batch=64
+    )
     seconds = time.perf_counter() - t0
-    net.eval()
-    with torch.no_grad():
-        x = torch.tensor(test.images, dtype=torch.float32)[:, None] / 255
-        pred = torch.cat([net(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-    return net, float((pred.numpy() == test.labels).mean()), seconds
+    return net, few_labels.cnn_accuracy(net, load_fashion_mnist(split="test")), seconds
 
 
 def cnn_mflop() -> float:
@@ -98,6 +81,7 @@ def cnn_mflop() -> float:
 
 
 def export_cnn(net: SmallCNN, path: Path) -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter, on purpose
     torch.onnx.export(
         net,
         (torch.zeros(1, 1, 28, 28),),
@@ -271,7 +255,9 @@ def plot(result: dict, path: Path, goal: tuple[float, float] = (15.0, 90.0)) -> 
         u, v = px(r["x_cnn"], acc)
         cv2.circle(img, (u, v), 5, colour, -1, cv2.LINE_AA)
         k = seen[r["model"]] = seen.get(r["model"], -1) + 1  # stagger the labels of one model's files
-        cv2.putText(img, r["file"], (u + 7, v - 6 + 14 * (k % 3)), font, 0.36, colour, 1, cv2.LINE_AA)
+        (tw, _), _ = cv2.getTextSize(r["file"], font, 0.36, 1)
+        x, y = [(u + 7, v - 6), (u + 7, v + 16), (u - 7 - tw, v + 16)][k % 3]  # above, below, below-left
+        cv2.putText(img, r["file"], (x, y), font, 0.36, colour, 1, cv2.LINE_AA)
     for i, m in enumerate(models):
         y = h - bottom - 12 - 16 * (len(models) - 1 - i)
         cv2.circle(img, (w - right - 220, y - 4), 5, colour_of[m], -1, cv2.LINE_AA)
