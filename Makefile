@@ -32,7 +32,7 @@ DEFAULT_BUNDLE = $$($(BIN)/python -c 'from pixlm.runtime.recognizer import defau
 SCENE_BUNDLE := build/vtest-scene
 DEMO_OUT := out
 
-# The story of the shipped models, in pictures, under out/ (about 5 min on 2 idle cores). First
+# The story of the shipped models, in pictures, under out/ (under 3 min on 2 idle cores). First
 # their bundles: the Fashion-MNIST model's (ONNX fp32 + INT8, validated, gated on all 10,000 test
 # images: its accuracy line is the model's test accuracy; with its open-set gate) and the scene
 # model's, learned from vtest.avi's first 60% without labels. Then `pixlm demo`: a contact sheet
