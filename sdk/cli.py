@@ -64,6 +64,14 @@ def main() -> None:
 @click.option(
     "--eval-data", default=None, help="Held-out data scored each epoch [default: test split of --data]."
 )
+@click.option(
+    "--eval-split",
+    type=click.Choice(["test", "calib"]),
+    default="test",
+    show_default=True,
+    help="Split of Fashion-MNIST-style data scored each epoch; 'calib' (training images 55,000-59,999) "
+    "is the one to select checkpoints on (train with --max-images 55000 so it stays unseen).",
+)
 @click.option("-o", "--output", default="runs/pixlm.pt", show_default=True, help="Checkpoint file.")
 @click.option(
     "--init",

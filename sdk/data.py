@@ -87,12 +87,28 @@ def _read_idx(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: cannot read idx file ({e})") from e
 
 
+# Named slices of the Fashion-MNIST files: (file, first image, end). One rule for every number:
+# shipped models train on "fit", everything fitted or chosen after training (gates, thresholds,
+# checkpoint selection) uses "calib", and reports use "test", which nothing was fitted on.
+FASHION_MNIST_SPLITS = {
+    "train": ("train", 0, 60_000),
+    "test": ("test", 0, 10_000),
+    "fit": ("train", 0, 55_000),
+    "calib": ("train", 55_000, 60_000),
+}
+
+
 def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train") -> Dataset:
-    """Fashion-MNIST 'train' (60,000) or 'test' (10,000) split: 28x28 grey images."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """A Fashion-MNIST split of 28x28 grey images: one of :data:`FASHION_MNIST_SPLITS`.
+
+    'train' (60,000) and 'test' (10,000) are the files; 'fit' (training images 0-54,999) and
+    'calib' (training images 55,000-59,999) divide the training file.
+    """
+    if split not in FASHION_MNIST_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(FASHION_MNIST_SPLITS)}; got {split!r}")
     root = Path(root)
-    stem = "train" if split == "train" else "t10k"
+    file, first, end = FASHION_MNIST_SPLITS[split]
+    stem = "train" if file == "train" else "t10k"
     paths = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         for name in (f"{stem}-{kind}.gz", f"{stem}-{kind}"):
@@ -107,6 +123,7 @@ def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR, split: str =
     images, labels = _read_idx(paths[0]), _read_idx(paths[1])
     if len(images) != len(labels):
         raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+    images, labels = images[first:end], labels[first:end]
     return Dataset(np.ascontiguousarray(images), labels.astype(np.int64), FASHION_MNIST_LABELS)
 
 

@@ -33,7 +33,8 @@ from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 @dataclass
 class TrainConfig:
     data: str = "fashion-mnist"  # 'fashion-mnist', an idx folder, a class folder, a video or frame folder
-    eval_data: str | None = None  # default: the test split of `data` when it has one
+    eval_data: str | None = None  # default: the `eval_split` of `data` when it has one
+    eval_split: str = "test"  # which split of eval_data is scored each epoch ("calib" to select on)
     output: str = "runs/pixlm.pt"  # checkpoint written every `save_every` steps and each epoch
     init: str | None = None  # start from these weights and palette (e.g. fine-tune a pre-trained model)
     resume: bool = False  # continue `output` from its saved step
@@ -303,7 +304,7 @@ def _eval_data(cfg: TrainConfig, tok: Tokenizer) -> Dataset | None:
         return None
     source = cfg.eval_data or cfg.data
     try:
-        d = load_source(source, "test", tok, tok.config.channels)
+        d = load_source(source, cfg.eval_split, tok, tok.config.channels)
     except ValueError:
         return None
     if (
