@@ -108,6 +108,12 @@ def ensure_default_bundle() -> Path:
     help="Longest wait to fill a batch.",
 )
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Write JSON Lines results here.")
+@click.option(
+    "--jsonl-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Rotate the JSON Lines at this size: out.jsonl -> out.jsonl.1 (.2, .3 kept; older deleted).",
+)
 @click.option("--save", type=click.Path(dir_okay=False), default=None, help="Write an overlay video (.mp4).")
 @click.option("--show", is_flag=True, help="Show a window (needs a GUI build of OpenCV).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames in all.")
@@ -179,6 +185,12 @@ def ensure_default_bundle() -> Path:
     help="Save a JPEG of the frame and of the region for each anomaly event here; events name them.",
 )
 @click.option(
+    "--snapshots-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Keep the snapshot folder under this size, oldest deleted first [default: 1,000 pairs].",
+)
+@click.option(
     "--serve",
     metavar="HOST:PORT",
     default=None,
@@ -213,6 +225,7 @@ def run(
     batch,
     max_wait_ms,
     jsonl,
+    jsonl_max_mb,
     save,
     show,
     max_frames,
@@ -228,6 +241,7 @@ def run(
     reconnect_attempts,
     metrics_every,
     snapshots,
+    snapshots_max_mb,
     serve,
     serve_token,
     mqtt,
@@ -301,14 +315,14 @@ def run(
             unknown=unknown,
         )
         if jsonl:
-            outputs.add(JsonlSink(jsonl))
+            outputs.add(JsonlSink(jsonl, max_bytes=_bytes(jsonl_max_mb)))
         if save:
             video_sink = VideoSink(save, list(sources))
             outputs.add(video_sink)
         if show:
             outputs.add(WindowSink())
         if snapshots:
-            outputs.snapshots = SnapshotWriter(snapshots)
+            outputs.snapshots = SnapshotWriter(snapshots, max_bytes=_bytes(snapshots_max_mb))
         if mqtt:
             from pixlm.runtime.outputs.mqtt import MqttSink
 
@@ -386,6 +400,10 @@ def run(
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
         sys.exit(128 + stopped_by)
+
+
+def _bytes(mb: float | None) -> int | None:
+    return None if mb is None else int(mb * 1e6)
 
 
 def _on_event(e, outputs) -> None:

@@ -651,15 +651,33 @@ def _csi_pipeline(uri: str, label: str) -> str:
 
 
 def source_names(uris: list[str | int]) -> list[str]:
-    """The name of each source in results and events: its URI, password redacted; a URI given
-    twice gets ``#2``, ``#3`` ... so the copies stay distinguishable."""
+    """The name of each source in results and events, unique in the run: its URI, password
+    redacted; a URI given twice gets ``#2``, ``#3`` ...; a source whose short name (``source_slug``:
+    snapshot files, MQTT topics) would repeat an earlier one's gets ``~2``, ``~3`` ... (``c/x.mp4``,
+    ``d/x.mp4`` -> ``c/x.mp4``, ``d/x.mp4~2``: short names ``x.mp4``, ``x.mp4~2``)."""
     seen: dict[str, int] = {}
+    slugs: set[str] = set()
     names = []
     for uri in uris:
         base = _redact(str(uri))
         seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        name = unique = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        n = 1
+        while source_slug(unique) in slugs:
+            n += 1
+            unique = f"{name}~{n}"
+        slugs.add(source_slug(unique))
+        names.append(unique)
     return names
+
+
+def source_slug(name: str) -> str:
+    """A source name made safe in file names and MQTT topics: ``rtsp://cam:8554/x`` ->
+    ``rtsp-cam-8554-x``; a file path keeps its base name (``/data/clip.mp4`` -> ``clip.mp4``).
+    Unique among a run's ``source_names``."""
+    if "://" not in name and "/" in name:
+        name = name.rstrip("/").rsplit("/", 1)[-1] or name
+    return re.sub(r"[^A-Za-z0-9._~]+", "-", name).strip("-.") or "source"
 
 
 def _redact(uri: str) -> str:

@@ -16,9 +16,7 @@ JPEGs ``--snapshots`` wrote (file names in that folder), else null.
 
 from __future__ import annotations
 
-import re
-
-from pixlm.runtime.sources import SourceEvent
+from pixlm.runtime.sources import SourceEvent, source_slug  # noqa: F401 - re-exported for the sinks
 from pixlm.runtime.stream import FrameResult
 
 KINDS = ("anomaly", "label", "status")
@@ -32,14 +30,6 @@ def status_record(e: SourceEvent) -> dict:
         "timestamp": round(e.time, 6),
         "message": e.message,
     }
-
-
-def source_slug(source: str) -> str:
-    """A source name safe in file names and MQTT topics: ``rtsp://cam:8554/x`` -> ``rtsp-cam-8554-x``;
-    a file path keeps its base name (``/data/clip.mp4`` -> ``clip.mp4``)."""
-    if "://" not in source and "/" in source:
-        source = source.rstrip("/").rsplit("/", 1)[-1] or source
-    return re.sub(r"[^A-Za-z0-9._]+", "-", source).strip("-.") or "source"
 
 
 class EventTracker:

@@ -3,7 +3,9 @@ overlay drawing the live view's MJPEG streams share."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +19,11 @@ from pixlm.runtime.stream import FrameResult
 class VideoSink:
     """An mp4 of the frames with regions, labels, scores, the anomaly heat map and FPS drawn on.
 
-    Written to ``NAME.partial.mp4`` and renamed on close, so the named file is always playable.
+    Written to ``NAME.partial.mp4``, opened again on close to check that it plays, and renamed, so
+    the named file is always playable. OpenCV's writer reports no write errors: a file that does not
+    play (a full disk cuts off the index at the end of an mp4) is deleted, and ``close`` raises an
+    ``OSError`` that names it; ``write`` raises one for each frame of a source whose file would not
+    open. ``Outputs`` counts them; the stream goes on.
     One file per source: with several sources, ``out.mp4`` becomes ``out-0.mp4``, ``out-1.mp4`` ...
     A video file's overlay plays at the file's own frame rate; cameras and folders at ``fps``.
     """
@@ -34,11 +40,16 @@ class VideoSink:
             for i, s in enumerate(source_names(sources))
         }
         self._writers: dict[str, tuple[cv2.VideoWriter, Path, Path]] = {}
+        self._frames: dict[str, int] = {}  # frames handed to each writer
+        self._unwritable: set[str] = set()  # sources whose writer would not open
         self._clock: dict[str, list[float]] = {}
         self._sizes: dict[str, tuple[int, int]] = {}  # each writer's frame size: the source's first
         self._written: list[Path] = []
 
     def write(self, fr: FrameResult) -> None:
+        if fr.source in self._unwritable:
+            final = self._targets.get(fr.source, self.path)
+            raise OSError(errno.EIO, "OpenCV cannot write this video", str(final))
         image = draw_overlay(fr, self._fps(fr.source))
         if fr.source not in self._writers:
             final = self._targets.get(fr.source, self.path)
@@ -47,13 +58,17 @@ class VideoSink:
             fps = fr.fps or self.fps
             writer = cv2.VideoWriter(str(tmp), fourcc, fps, (image.shape[1], image.shape[0]))
             if not writer.isOpened():
-                raise ValueError(f"{final}: OpenCV cannot write this video")
+                _remove(tmp)
+                self._unwritable.add(fr.source)
+                raise OSError(errno.EIO, "OpenCV cannot write this video", str(final))
             self._writers[fr.source] = (writer, tmp, final)
+            self._frames[fr.source] = 0
             self._sizes[fr.source] = (image.shape[1], image.shape[0])
         size = self._sizes[fr.source]
         if (image.shape[1], image.shape[0]) != size:  # a source whose frame size changed mid-run
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         self._writers[fr.source][0].write(image)
+        self._frames[fr.source] += 1
 
     def _fps(self, source: str) -> float:
         t = self._clock.setdefault(source, [])
@@ -65,16 +80,46 @@ class VideoSink:
         pass
 
     def close(self) -> None:
-        for writer, tmp, final in self._writers.values():
+        """Finish every file; raises the first failure after trying them all."""
+        error = None
+        for source, (writer, tmp, final) in self._writers.items():
             writer.release()
-            os.replace(tmp, final)
+            try:
+                if not _plays(tmp):
+                    full = shutil.disk_usage(tmp.parent).free < 1 << 20
+                    why = "no space left on device" if full else "unfinished"
+                    raise OSError(errno.ENOSPC if full else errno.EIO, f"the video does not play ({why})")
+                os.replace(tmp, final)
+            except OSError as e:
+                _remove(tmp)
+                lost = f"{e.strerror}: deleted, {self._frames[source]} frame(s) lost"
+                error = error or OSError(e.errno, lost, str(final))
+                continue
             self._written.append(final)
         self._writers.clear()
+        if error is not None:
+            raise error
 
     @property
     def files(self) -> list[Path]:
         """The videos written so far (after ``close``: every finished file)."""
         return self._written + [final for _, _, final in self._writers.values()]
+
+
+def _plays(path: Path) -> bool:
+    """Whether the video opens and its first frame decodes (a cut-off mp4 has no index: it does not)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # the folder went away: nothing is left to remove
 
 
 class WindowSink:
