@@ -208,6 +208,14 @@ def ensure_default_bundle() -> Path:
 )
 @click.option("--webhook", metavar="URL", default=None, help="POST each event as JSON, retried with backoff.")
 @click.option(
+    "--webhook-secret",
+    metavar="KEY",
+    envvar="PIXLM_WEBHOOK_SECRET",
+    default=None,
+    help="Sign each webhook body (X-Pixlm-Signature: sha256=HMAC); better from the environment "
+    "variable PIXLM_WEBHOOK_SECRET, which ps does not show.",
+)
+@click.option(
     "--events",
     "event_kinds",
     default="anomaly,label,status",
@@ -246,6 +254,7 @@ def run(
     serve_token,
     mqtt,
     webhook,
+    webhook_secret,
     event_kinds,
     quiet,
 ) -> None:
@@ -278,8 +287,12 @@ def run(
         # Installed first, before the imports below, and never raises: a KeyboardInterrupt inside
         # an import is swallowed by libraries' optional `try: import` (the run went on as if never
         # interrupted) or becomes an ImportError. Set-up finishes (about a second), then nothing
-        # streams.
+        # streams. Kept until the outputs are closed: a second signal exits at once.
         nonlocal stopped_by
+        if stopped_by is not None:
+            name = signal.Signals(signum).name
+            os.write(2, f"second {name}: exiting now, outputs not closed\n".encode())
+            os._exit(128 + signum)
         stopped_by = signum
         if streamer is not None:
             streamer.stop()  # ends the loop after the current batch; outputs then close
@@ -305,7 +318,8 @@ def run(
 
         cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
-        outputs = Outputs()
+        _check_webhook_secret(webhook, webhook_secret)
+        outputs = Outputs(on_warning=lambda line: click.echo(line, err=True))
         rec = Recognizer.open(
             bundle or ensure_default_bundle(),
             backend,
@@ -330,7 +344,7 @@ def run(
         if webhook:
             from pixlm.runtime.outputs.webhook import WebhookSink
 
-            outputs.add(WebhookSink(webhook, kinds=kinds))
+            outputs.add(WebhookSink(webhook, kinds=kinds, secret=webhook_secret))
         if serve:
             from pixlm.runtime.outputs.server import LiveServer
 
@@ -372,10 +386,10 @@ def run(
     except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     finally:
+        if outputs is not None:
+            outputs.close()  # the network outputs drain together, within one bound
         for s, h in old.items():
             signal.signal(s, h)
-        if outputs is not None:
-            outputs.close()
     if stopped_by is None and streamer is not None:
         failed = [s.name for s in streamer.sources if s.status == "error"]
         if n == 0 or len(failed) == len(streamer.sources):
@@ -390,16 +404,30 @@ def run(
         msg += "; events: " + ", ".join(f"{k} {v}" for k, v in outputs.counts.items())
     if outputs.snapshots is not None:
         msg += f"; {outputs.snapshots.written} snapshot(s) in {snapshots}"
-    for sink in outputs.sinks:
-        st = getattr(sink, "stats", None)
-        if st is not None:
-            msg += f"; {sink.name}: {st['delivered']} delivered"
-            lost = st["dropped"] + st["left_at_close"] + st.get("rejected", 0)
-            msg += f", {lost} not delivered (queue bound, unsent at exit or refused)" if lost else ""
+    for sink in outputs.deliveries():
+        msg += f"; {sink.name}: {sink.stats.summary()}"
     click.echo(msg, err=True)
+    failed = "; ".join(f"{name} ({why})" for name, why in outputs.failed().items())
     if stopped_by is not None:
         click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
+        if failed:
+            click.echo(f"failed output(s): {failed}", err=True)
         sys.exit(128 + stopped_by)
+    if failed:
+        raise click.ClickException(f"failed output(s): {failed}")
+
+
+def _check_webhook_secret(webhook: str | None, secret: str | None) -> None:
+    """An empty secret (an unset variable) would sign nothing without a word: refuse it, and a
+    secret for no webhook."""
+    ctx = click.get_current_context()
+    from_argv = ctx.get_parameter_source("webhook_secret") == click.core.ParameterSource.COMMANDLINE
+    if secret == "" or (not from_argv and os.environ.get("PIXLM_WEBHOOK_SECRET") == ""):
+        raise click.BadParameter(
+            "the webhook secret is empty (an unset variable?)", param_hint="--webhook-secret"
+        )
+    if secret is not None and from_argv and not webhook:
+        raise click.UsageError("--webhook-secret without --webhook")
 
 
 def _bytes(mb: float | None) -> int | None:

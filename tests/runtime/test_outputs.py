@@ -370,16 +370,16 @@ def test_queued_delivery_bounds_orders_retries_and_drains():
     peer.start()
     for n in range(8):
         peer.put({"n": n})
-    assert peer.stats["dropped"] == 3  # 0, 1, 2: the oldest
+    assert peer.stats.dropped == 3  # 0, 1, 2: the oldest
     time.sleep(0.3)  # the peer is down: tries fail and are retried
     peer.up = True
     deadline = time.monotonic() + 5
     while peer.pending and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert peer.got == [3, 4, 5, 6, 7] and peer.stats["retries"] >= 1
+    assert peer.got == [3, 4, 5, 6, 7] and peer.stats.retries >= 1
     peer.up = False
     peer.put({"n": 8})
     t0, tries = time.monotonic(), peer.tries
     peer.close_queue()
-    assert time.monotonic() - t0 < 2.0 and peer.stats["left_at_close"] == 1
+    assert time.monotonic() - t0 < 2.0 and peer.stats.unsent == 1
     assert peer.tries - tries <= 0.6 / 0.05 + 3  # backoff honoured while draining: no busy loop
