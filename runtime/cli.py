@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from pixlm.runtime import regions
 from pixlm.runtime.recognizer import BACKENDS, default_bundle_dir
 
 
@@ -34,27 +35,31 @@ FINITE = _Finite()
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """'2x3' -> (2, 3): rows x columns; click's usage error otherwise."""
+    """'2x3' -> (2, 3): rows x columns, by the one rule of ``regions.parse_grid`` (``pixlm run
+    --grid``, ``pixlm train --tile``, the studies); click's usage error (exit 2) otherwise."""
     if text is None:
         return None
     try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} must look like 2x2 (rows x columns)") from None
-    if rows < 1 or cols < 1:
-        raise click.BadParameter(f"{text!r} needs at least one row and one column")
-    return rows, cols
+        return regions.parse_grid(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
-def _parse_roi(texts: tuple[str, ...]) -> list[tuple[int, int, int, int]] | None:
-    rois = []
-    for t in texts:
-        try:
-            x, y, w, h = (int(v) for v in t.split(","))
-        except ValueError:
-            raise click.BadParameter(f"{t!r} must look like x,y,w,h in pixels") from None
-        rois.append((x, y, w, h))
-    return rois or None
+def _parse_roi(ctx, param, texts: tuple[str, ...]) -> list | dict | None:
+    """--roi x,y,w,h (every source) or --roi SOURCE=x,y,w,h (that source): a list or a dict of boxes."""
+    try:
+        parsed = [regions.parse_roi(t) for t in texts]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    keyed = {key is not None for key, _ in parsed}
+    if keyed == {True, False}:
+        raise click.BadParameter("give every --roi a SOURCE= or none of them")
+    if keyed != {True}:
+        return [box for _, box in parsed] or None
+    by_source: dict[str, list] = {}
+    for key, box in parsed:
+        by_source.setdefault(key, []).append(box)
+    return by_source
 
 
 def ensure_default_bundle() -> Path:
@@ -89,7 +94,14 @@ def ensure_default_bundle() -> Path:
     help="Bundle file to run: fp32, int8, int8-dynamic [default: fp32 with prefix reuse "
     "(exact), else the bundle's recommendation].",
 )
-@click.option("--roi", multiple=True, metavar="x,y,w,h", help="Region of interest; repeat for several.")
+@click.option(
+    "--roi",
+    multiple=True,
+    metavar="[SOURCE=]x,y,w,h",
+    callback=_parse_roi,
+    help="Region of interest; repeat for several. SOURCE= (a URI, or its name in results) gives "
+    "that source its own; a source without any then reads the whole frame.",
+)
 @click.option(
     "--grid",
     metavar="RxC",
@@ -309,6 +321,10 @@ def run(
 
         if roi and grid:
             raise click.UsageError("give --roi or --grid, not both")
+        try:  # an --roi SOURCE= that names no source: a usage error now, not an empty batch later
+            regions.rois_per_source(roi, sources, source_names(list(sources)))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="'--roi'") from None
         kinds = tuple(k.strip() for k in event_kinds.split(",") if k.strip())
         if not kinds or set(kinds) - set(KINDS):
             choices = ", ".join(KINDS)
@@ -358,7 +374,7 @@ def run(
         streamer = Streamer(
             rec,
             sources,
-            rois=_parse_roi(roi),
+            rois=roi,
             grid=grid,
             max_batch=batch,
             max_wait_ms=max_wait_ms,

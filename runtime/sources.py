@@ -161,6 +161,12 @@ class Source:
         if self._status not in ("eos", "error"):
             self._status = "closed"
 
+    def fail(self, message: str) -> None:
+        """Stop the source and end it in ``error`` for a reason found outside its reader (its frames
+        cannot hold the regions asked for), reported like any status change."""
+        self.close()
+        self._set_status("error", message)
+
     def __iter__(self) -> Iterator[Frame]:
         """Frames until the source ends (eos, error or close)."""
         while True:

@@ -29,9 +29,9 @@ import numpy as np
 from pixlm.runtime.lanes import Lanes
 from pixlm.runtime.prefix_reuse import Prefix
 from pixlm.runtime.recognizer import Recognizer, Result
+from pixlm.runtime.regions import Region, check_grid, fit_regions, rois_per_source
+from pixlm.runtime.regions import grid_regions as grid_regions  # its home is regions.py; old imports work
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
-
-MAX_REGIONS = 1024  # regions per frame: beyond it a grid is a typo, and memory grows with it
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
@@ -41,36 +41,6 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
 # What --anomaly-threshold compares, by name: the region's mean surprise, or the mean of its most
 # surprising tenth of tokens (better for small objects: README, "A static camera's scene").
 ANOMALY_SCORES = {"mean": "anomaly", "peak": "anomaly_peak"}
-
-
-@dataclass(frozen=True)
-class Region:
-    """A rectangle of a frame, in pixels."""
-
-    name: str
-    x: int
-    y: int
-    w: int
-    h: int
-
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        return image[self.y : self.y + self.h, self.x : self.x + self.w]
-
-    def to_list(self) -> list[int]:
-        return [self.x, self.y, self.w, self.h]
-
-
-def grid_regions(width: int, height: int, rows: int, cols: int) -> list[Region]:
-    """An R x C grid of tiles covering the frame, named ``r{row}c{col}``."""
-    if rows < 1 or cols < 1 or rows > height or cols > width:
-        raise ValueError(f"grid {rows}x{cols} does not fit a {width}x{height} frame")
-    ys = np.linspace(0, height, rows + 1).round().astype(int)
-    xs = np.linspace(0, width, cols + 1).round().astype(int)
-    return [
-        Region(f"r{r}c{c}", int(xs[c]), int(ys[r]), int(xs[c + 1] - xs[c]), int(ys[r + 1] - ys[r]))
-        for r in range(rows)
-        for c in range(cols)
-    ]
 
 
 @dataclass
@@ -163,12 +133,14 @@ class _Prepared:
 class Streamer:
     """Iterate over ``FrameResult`` from several sources. Use as a context manager.
 
-    ``rois``: regions (x, y, w, h) for every source, or ``{uri: [(x, y, w, h), ...]}``;
-    ``grid``: (rows, cols) tiles instead; neither: the whole frame. ``max_frames``: stop after that
-    many frames in all. ``loop``: play files that many times, 0 = forever (a file as a demo
-    camera; frame numbers restart each pass). ``on_event``: receives source status events (ok,
-    timeout, reconnecting, eos, error); ``on_metrics``: receives a metrics line every
-    ``metrics_every`` seconds.
+    ``rois``: regions (x, y, w, h) for every source, or ``{source: [(x, y, w, h), ...]}`` keyed by
+    URI or by name in results (``rois_per_source``: an unknown key is refused here; a source
+    without one reads the whole frame); ``grid``: (rows, cols) tiles instead; neither: the whole
+    frame. A source whose first frame cannot hold its regions is skipped with an ``error`` status
+    event, and the others go on. ``max_frames``: stop after that many frames in all. ``loop``: play
+    files that many times, 0 = forever (a file as a demo camera; frame numbers restart each pass).
+    ``on_event``: receives source status events (ok, timeout, reconnecting, eos, error);
+    ``on_metrics``: receives a metrics line every ``metrics_every`` seconds.
     """
 
     def __init__(
@@ -202,14 +174,17 @@ class Streamer:
             raise ValueError("loop must be >= 0 (0 = forever)")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
-        if grid is not None and grid[0] * grid[1] > MAX_REGIONS:
-            raise ValueError(f"grid {grid[0]}x{grid[1]}: more than {MAX_REGIONS} regions per frame")
+        if grid is not None:
+            check_grid(*grid)
         if anomaly_score not in ANOMALY_SCORES:
             raise ValueError(f"anomaly_score must be one of {ANOMALY_SCORES}, got {anomaly_score!r}")
         self.rec = recognizer
         self.uris = list(sources)
         self._names = source_names(self.uris)  # a URI given twice: "clip.mp4", "clip.mp4#2"
         self.rois, self.grid = rois, grid
+        # boxes by source name (None: the whole frame); frames carry the name, not the URI
+        self._boxes = dict(zip(self._names, rois_per_source(rois, self.uris, self._names), strict=True))
+        self._unfit: set[str] = set()  # sources whose first frame could not hold their regions
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse, self.threshold = prefix_reuse, anomaly_threshold
         self.score_field = ANOMALY_SCORES[anomaly_score]  # the Result field events compare
@@ -298,7 +273,7 @@ class Streamer:
                 got = False
                 for i in sorted(range(len(self.sources)), key=lambda i: not self.sources[i].live):
                     s = self.sources[i]
-                    if not self._lanes.has_room(s.name, s.live):
+                    if s.name in self._unfit or not self._lanes.has_room(s.name, s.live):
                         continue
                     frame = s.read(timeout=0)
                     if frame is None and s.eos and self._replays(s):
@@ -310,9 +285,10 @@ class Streamer:
                         continue
                     got = True
                     t0 = time.perf_counter()
-                    regions = self._regions_of(frame)
+                    regions = self._regions_of(frame, s)
                     if regions is None:
-                        self.metrics.skipped[s.name] = self.metrics.skipped.get(s.name, 0) + 1
+                        if s.name not in self._unfit:
+                            self.metrics.skipped[s.name] = self.metrics.skipped.get(s.name, 0) + 1
                         continue
                     try:
                         image = self.rec.tokenizer.match_channels(frame.image)  # once, not per region
@@ -335,46 +311,32 @@ class Streamer:
         """Whether ``source``, once at its end, is played again (``loop``)."""
         return self.loop == 0 or self._passes[source.name] < self.loop
 
-    def _regions_of(self, frame: Frame) -> list[Region] | None:
+    def _regions_of(self, frame: Frame, source: Source) -> list[Region] | None:
         """The regions of a frame of this size (recomputed when a source's frame size changes).
 
-        A source's first frame size must serve its regions (else a clear error: the options are
-        wrong). A later size that cannot (a camera back at another resolution, a smaller image in a
-        folder) returns None: that frame is skipped and counted, and the run goes on.
+        A source's first frame must hold its regions; when it cannot (an ROI outside it, grid tiles
+        smaller than the model's input), that source is skipped: it ends in ``error`` with the
+        reason, and the others go on. A later size that cannot (a camera back at another
+        resolution, a smaller image in a folder) skips that frame, counted, and the source goes on.
+        Both return None.
         """
         h, w = frame.image.shape[:2]
         key = (frame.source, w, h)
         if key in self._regions:
             return self._regions[key]
         first = not any(k[0] == frame.source for k in self._regions)
+        c = self.rec.tokenizer.config
         try:
-            regions = self._make_regions(frame.source, w, h)
-        except ValueError:
+            regions = fit_regions(
+                w, h, boxes=self._boxes[frame.source], grid=self.grid, min_tile=(c.width, c.height)
+            )
+        except ValueError as e:
             if first:
-                raise
+                self._unfit.add(source.name)
+                source.fail(f"{e}: source skipped, the others go on")
+                return None
             regions = None
         self._regions[key] = regions
-        return regions
-
-    def _make_regions(self, source: str, w: int, h: int) -> list[Region]:
-        if self.grid is not None:
-            regions = grid_regions(w, h, *self.grid)
-            tw, th = min(r.w for r in regions), min(r.h for r in regions)
-            c = self.rec.tokenizer.config
-            if tw < c.width or th < c.height:
-                raise ValueError(
-                    f"{source}: grid {self.grid[0]}x{self.grid[1]} cuts the {w}x{h} frame into "
-                    f"{tw}x{th}-pixel tiles, smaller than the model's {c.width}x{c.height} input"
-                )
-            return regions
-        if self.rois is not None:
-            rois = self.rois.get(source, []) if isinstance(self.rois, dict) else self.rois
-            regions = [Region(f"roi{i}", *map(int, r)) for i, r in enumerate(rois)]
-        else:
-            regions = [Region("full", 0, 0, w, h)]
-        for r in regions:
-            if r.w <= 0 or r.h <= 0 or r.x < 0 or r.y < 0 or r.x + r.w > w or r.y + r.h > h:
-                raise ValueError(f"{source}: region {r.to_list()} lies outside the {w}x{h} frame")
         return regions
 
     def _run(self, batch: list[_Prepared]) -> list[FrameResult]:

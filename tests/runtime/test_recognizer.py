@@ -121,10 +121,11 @@ def test_peak_anomaly_score_finds_what_the_mean_dilutes(rec, frames):
         Streamer(rec, [str(VTEST)], anomaly_score="max")
 
 
-def test_region_outside_the_frame_names_the_source(rec):
-    with pytest.raises(ValueError, match="vtest.avi: region .* outside the 768x576 frame"):
-        with Streamer(rec, [str(VTEST)], rois=[(700, 500, 100, 100)], max_frames=1) as s:
-            list(s)
+def test_region_outside_the_frame_skips_the_source_and_says_why(rec):
+    events = []
+    with Streamer(rec, [str(VTEST)], rois=[(700, 500, 100, 100)], max_frames=1, on_event=events.append) as s:
+        assert list(s) == [] and s.sources[0].status == "error"
+    assert any("outside the 768x576 frame" in e.message for e in events if e.source.endswith("vtest.avi"))
 
 
 def test_bad_sources_and_bundles_are_clear_errors(rec, tmp_path):
@@ -173,9 +174,10 @@ def test_no_engine_call_exceeds_the_batch_cap(tiny_bundle, reuse):
 
 
 def test_grids_too_fine_or_too_large_are_refused(rec):
-    with pytest.raises(ValueError, match=r"grid 30x30 cuts the 768x576 frame into 25x19-pixel tiles"):
-        with Streamer(rec, [str(VTEST)], grid=(30, 30), max_frames=1) as s:
-            list(s)
+    events = []
+    with Streamer(rec, [str(VTEST)], grid=(30, 30), max_frames=1, on_event=events.append) as s:
+        assert list(s) == [] and s.sources[0].status == "error"  # the source is skipped, with the reason
+    assert any("grid 30x30 cuts the 768x576 frame into 25x19-pixel tiles" in e.message for e in events)
     with pytest.raises(ValueError, match="more than 1024 regions"):
         Streamer(rec, [str(VTEST)], grid=(100, 100))
 
