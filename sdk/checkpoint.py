@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -64,14 +65,26 @@ def load_state(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": lines before our error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged file, some with many lines
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_gist(e)})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pixlm checkpoint")
     if state.get("version") != VERSION:
         raise ValueError(f"{path}: checkpoint version {state.get('version')}, expected {VERSION}")
     return state
+
+
+def _gist(error: Exception, limit: int = 160) -> str:
+    """The first sentence of an error's message, on one line: torch's weights-only refusal is a
+    dozen lines of advice (set weights_only=False: never, for a file of unknown origin)."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]  # what it refused, past the advice
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # "Error(s) in loading ...:"
+    text = text.split(". ", 1)[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load(path: str | os.PathLike) -> tuple[PixLM, Tokenizer, dict]:
@@ -82,7 +95,7 @@ def load(path: str | os.PathLike) -> tuple[PixLM, Tokenizer, dict]:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not match the config ({e})") from e
+        raise ValueError(f"{path}: weights do not match the config ({_gist(e)})") from e
     model.eval()
     return model, tokenizer, state
 

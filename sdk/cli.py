@@ -166,6 +166,8 @@ def train(**o) -> None:
     o["eval_images"] = {0: None, -1: 0}.get(o["eval_images"], o["eval_images"])
     cfg = TrainConfig(**o, height=h, width=w, model=model)
     cfg.channels = int(cfg.channels)
+    if cfg.init and not (cfg.resume and Path(cfg.output).exists()):
+        _warn_init_keeps_its_shape(cfg)
     bar = None
     tty = sys.stderr.isatty()
 
@@ -194,6 +196,53 @@ def train(**o) -> None:
         if bar is not None:
             bar.close()
     click.echo(f"saved {cfg.output}")
+
+
+def _warn_init_keeps_its_shape(cfg) -> None:
+    """--init keeps the checkpoint's tokenizer and model: one warning line naming each shape option
+    given on the command line that it overrides (they were ignored without a word)."""
+    from click.core import ParameterSource
+
+    from pixlm import checkpoint as ckpt
+
+    asked = {
+        "size": f"{cfg.height}x{cfg.width}",
+        "channels": cfg.channels,
+        "patch": cfg.patch,
+        "codes": cfg.codes,
+        "resize": cfg.resize,
+        "layers": cfg.model["n_layer"],
+        "heads": cfg.model["n_head"],
+        "d_model": cfg.model["d_model"],
+        "dropout": cfg.model["dropout"],
+    }
+    ctx = click.get_current_context()
+    asked = {k: v for k, v in asked.items() if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+    if not asked:
+        return
+    try:
+        state = ckpt.load_state(cfg.init)
+    except ValueError as e:
+        _fail(str(e))
+    t, m = state["tokenizer"], state["config"]
+    kept = {
+        "size": f"{t['height']}x{t['width']}",
+        "channels": t["channels"],
+        "patch": t["patch"],
+        "codes": len(t["palette"]),
+        "resize": t["resize"],
+        "layers": m["n_layer"],
+        "heads": m["n_head"],
+        "d_model": m["d_model"],
+        "dropout": m["dropout"],
+    }
+    differ = [
+        f"--{k.replace('_', '-')} {kept[k]} (not {v})" for k, v in asked.items() if str(kept[k]) != str(v)
+    ]
+    if differ:
+        click.echo(
+            f"warning: --init {cfg.init} keeps its tokenizer and model: " + ", ".join(differ), err=True
+        )
 
 
 @main.command("eval")

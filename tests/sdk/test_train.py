@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import pickle
 import shutil
@@ -291,3 +292,48 @@ def test_train_on_video_tiles_of_a_frame_range(tmp_path):
     assert tok.labels == () and state["train_config"]["tile"] == [2, 3]
     p = run_cli("pixlm", "train", "--data", str(VTEST), "--tile", "0x3", "-o", str(out), check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr and "--tile" in p.stderr
+
+
+def test_init_warns_which_shape_it_keeps(tiny_checkpoint, tmp_path):
+    """--init keeps the checkpoint's tokenizer and model; a different --patch or --channels was
+    ignored without a word. One warning line names what is kept (options equal to it are not named)."""
+    out = tmp_path / "tuned.pt"
+    shape = "--patch 2 --channels 3 --layers 2".split()  # the checkpoint: patch 4, 1 channel, 2 layers
+    quick = "--max-images 64 --batch-size 16 --eval-images -1 --threads 2".split()
+    p = run_cli("pixlm", "train", "--init", str(tiny_checkpoint), *shape, *quick, "-o", str(out))
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
+    kept = "keeps its tokenizer and model: --channels 1 (not 3), --patch 4 (not 2)"
+    assert warnings == [f"warning: --init {tiny_checkpoint} {kept}"], p.stderr
+    _, tok, _ = checkpoint.load(out)
+    assert tok.config.patch == 4 and tok.config.channels == 1
+
+
+def test_a_file_that_is_no_checkpoint_is_one_error_line(tmp_path):
+    """torch's refusal to unpickle was six lines after the Error: line (and a warning before it)."""
+    image = tmp_path / "baboon.pt"
+    shutil.copy(VTEST.parent / "baboon.jpg", image)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"when": datetime.date(2024, 1, 1)}, foreign)  # a global torch refuses
+    protocol4 = tmp_path / "protocol4.pt"
+    protocol4.write_bytes(pickle.dumps({"a": [1, 2]}, protocol=4))
+    for path, words in ((image, "Unsupported operand"), (foreign, "datetime.date"), (protocol4, "")):
+        for cmd in (["train", "--init", str(path), "-o", str(tmp_path / "x.pt")], ["eval", str(path)]):
+            p = run_cli("pixlm", *cmd, check=False)
+            assert p.returncode == 1 and p.stdout == "", p.stderr
+            assert p.stderr.splitlines() == [p.stderr.strip()], p.stderr  # one line
+            assert p.stderr.startswith(f"Error: {path}: not a readable checkpoint") and words in p.stderr
+
+
+def test_tile_follows_the_grid_rule_of_run(tmp_path):
+    """--tile 100x100 was accepted (10,000 tiles a frame) while `pixlm run --grid 100x100` was
+    refused: one rule, a usage error (exit 2) in both."""
+    out = tmp_path / "x.pt"
+    tiny = "--frames 0:1 --max-images 64 --patch 4 --codes 16 --layers 1 --heads 2 --d-model 16".split()
+    for cmd in (
+        ["train", "--data", str(VTEST), "--tile", "100x100", *tiny, "--eval-images", "-1", "-o", str(out)],
+        ["run", str(VTEST), "--grid", "100x100", "--bundle", str(tmp_path)],
+    ):
+        p = run_cli("pixlm", *cmd, check=False, timeout=300)
+        assert p.returncode == 2, (cmd[0], p.returncode, p.stderr)
+        assert "grid 100x100: more than 1024 regions per frame" in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()
