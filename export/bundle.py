@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pixlm.runtime import manifest as mf
-from pixlm.runtime.bundle import sha256_of
+from pixlm.runtime.bundle import manifest_sha256, sha256_of
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -175,6 +175,10 @@ def build_manifest(
 
 
 def write_manifest(root: Path, manifest: dict) -> Path:
+    """Write ``root/manifest.json`` with its own sha256 (``manifest_sha256``: over everything else in
+    it), which the runtime checks on load, so an edited gate or label list is refused."""
     path = root / mf.MANIFEST
+    manifest = json.loads(json.dumps(manifest))  # hash what the reader parses: tuples are lists, keys str
+    manifest[mf.K_MANIFEST_SHA256] = manifest_sha256(manifest)
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

@@ -314,6 +314,15 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
                     **{mf.F_METADATA: sidecar_entry(stage, f"{engine_path.name}.json")},
                 )
                 rows.append(Row(key, engine_path))
+                if gates:  # the engine's numbers are not its ONNX file's: its own gate, on its outputs
+                    with step(f"gate {key}"):
+                        acc, feats = trt_export.held_out_pass(
+                            engine_path, eval_seqs, held_out.labels, tok, opts.max_batch
+                        )
+                        step.detail = f"{100 * acc:.2f}% on {len(held_out)} held-out images"
+                        step.detail += fit_gate(key, feats)
+                    rows[-1].accuracy = acc
+                    metrics[key] = {mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(held_out)}
 
         if opts.bench_seconds > 0:
             with step("benchmark"):
@@ -338,6 +347,8 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
                 recommended["tensorrt"] = trt_keys[0]
             for key in metrics:
                 metrics[key]["threads"] = opts.threads
+            for key in gates:  # every gate is fitted on its own file's outputs, engines' included
+                files[key][mf.F_GATE_SOURCE] = key
             manifest = build_manifest(
                 cfg.to_dict(),
                 tok,

@@ -15,6 +15,11 @@ reads them too), so one engine serves every call the recognizer makes::
 The engine's sidecar JSON (``model.int8.engine.json``) records the TensorRT version, the GPU and
 its compute capability, the precision, the profiles and the sha256 of the source ONNX file;
 ``pixlm.runtime.engine_trt`` refuses an engine built for another GPU or TensorRT version.
+
+An engine's numbers are not its ONNX file's (FP16 float layers, TensorRT's own INT8 kernels), so
+the open-set gate fitted on the ONNX file's outputs does not fit the engine: :func:`held_out_pass`
+runs the held-out images through the built engine on this GPU, and the export fits the engine's own
+gate on what it outputs (its manifest entry's ``gate_source`` is then the engine itself).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from pixlm.export import measure
 from pixlm.runtime.bundle import sha256_of
 from pixlm.runtime.engine_trt import (
     TensorRTUnavailable,
@@ -163,4 +170,29 @@ def build_engine(
     return meta
 
 
-__all__ = ["TensorRTUnavailable", "LintError", "EngineBuildError", "lint_onnx", "profiles", "build_engine"]
+def held_out_pass(
+    engine_path: str | os.PathLike, seqs: np.ndarray, labels: np.ndarray, tokenizer, max_batch: int
+) -> tuple[float, np.ndarray]:
+    """Label accuracy and the open-set gate's features of held-out ``seqs`` (B, N+1) through the
+    built engine (the runtime's ``TrtEngine``, batches of at most the engine's ``max_batch``), as
+    :func:`pixlm.export.measure.held_out_pass` computes them on ONNX Runtime: fit the engine's gate
+    on these, with the same ``OODGate.fit``, not on its source ONNX file's outputs."""
+    from pixlm.runtime.engine_trt import TrtEngine
+
+    engine = TrtEngine(engine_path)
+    try:
+        desc = f"gate {Path(engine_path).name}"
+        return measure.held_out_pass(engine, seqs, labels, tokenizer, batch_size=max_batch, desc=desc)
+    finally:
+        engine.close()
+
+
+__all__ = [
+    "TensorRTUnavailable",
+    "LintError",
+    "EngineBuildError",
+    "lint_onnx",
+    "profiles",
+    "build_engine",
+    "held_out_pass",
+]

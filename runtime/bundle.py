@@ -8,14 +8,21 @@
     engine = OrtEngine(bundle.path(bundle.recommended("cpu")))
 
 Every name in ``manifest.json`` is declared in :mod:`pixlm.runtime.manifest`. Each check that
-fails raises one :class:`BundleError` naming the file; nothing here imports torch.
+fails raises one :class:`BundleError` naming the file; nothing here imports torch. The manifest
+carries its own sha256 (``manifest_sha256``, over the rest of it), so an edited gate threshold or
+label list is refused like a flipped byte in a model file; a bundle exported before the hash existed
+loads with a :class:`BundleWarning`, also kept in ``Bundle.warnings``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +31,45 @@ from pixlm.runtime.novelty import OODGate
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
     """A bundle that cannot be used: missing, malformed, tampered with or from another version."""
+
+
+class BundleWarning(UserWarning):
+    """A bundle that loads but checks less than it should: no manifest hash, an open-set gate off."""
+
+
+def warn(message: str) -> None:
+    """Say ``message`` once: a :class:`BundleWarning` (the CLI prints it as a ``warning:`` line)."""
+    log.warning(message)
+    warnings.warn(message, BundleWarning, stacklevel=3)
+
+
+@contextmanager
+def warnings_to(echo: Callable[[str], None]) -> Iterator[None]:
+    """Inside: each :class:`BundleWarning` goes to ``echo`` as one ``warning: ...`` line (a CLI's
+    console) instead of Python's ``file:line: BundleWarning`` form; other warnings pass as usual."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", BundleWarning)
+        yield
+    for w in said:
+        if issubclass(w.category, BundleWarning):
+            echo(f"warning: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own hash field left out.
+
+    Floats print as Python's shortest round-trip form, so parsing the file and hashing again gives
+    the exporter's hash; a tool that rewrites numbers (``1.0`` as ``1``) changes it."""
+    body = {k: v for k, v in manifest.items() if k != mf.K_MANIFEST_SHA256}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -64,7 +106,8 @@ class Bundle:
         self.manifest = manifest
         self.files = files
         self.tokenizer = tokenizer
-        self.gates = gates or {}  # open-set gates by ONNX file key
+        self.gates = gates or {}  # open-set gates by their key in "ood"
+        self.warnings: list[str] = []  # what loading said (BundleWarning), for summaries
 
     # -- what the runtime reads -----------------------------------------------------------------
     @property
@@ -89,12 +132,20 @@ class Bundle:
     def metrics(self) -> dict:
         return self.manifest.get(mf.K_METRICS, {})
 
-    def ood_gate(self, key: str) -> OODGate | None:
-        """The "unknown" gate fitted on file ``key``'s outputs (a TensorRT engine uses its source
-        ONNX file's: INT8 engines the QDQ file, FP16/FP32 engines the FP32 file); None if absent."""
+    def gate_source(self, key: str) -> str:
+        """Key in "ood" of the gate file ``key`` uses: its entry's ``gate_source``. A bundle exported
+        before it: the file's own, or for a TensorRT engine its source ONNX file's (INT8 engines the
+        QDQ file, FP16/FP32 engines the FP32 file), measured on ONNX Runtime, not on the engine."""
+        entry = self.files[key].entry if key in self.files else {}
+        if mf.F_GATE_SOURCE in entry:
+            return entry[mf.F_GATE_SOURCE]
         if key.startswith(mf.TRT_PREFIX):
-            key = mf.INT8 if key == mf.TRT_PREFIX + "int8" else mf.FP32
-        return self.gates.get(key)
+            return mf.INT8 if key == mf.TRT_PREFIX + "int8" else mf.FP32
+        return key
+
+    def ood_gate(self, key: str) -> OODGate | None:
+        """The "unknown" gate file ``key`` uses (see :meth:`gate_source`); None if the bundle has none."""
+        return self.gates.get(self.gate_source(key))
 
     def path(self, key: str) -> Path:
         """Path of the file stored under ``key`` ("fp32", "int8", "tensorrt-fp16" ...)."""
@@ -139,7 +190,31 @@ class Bundle:
         files = {}
         for key, entry in manifest[mf.K_FILES].items():
             files[key] = _check_file(root, man_path, key, entry, verify)
-        return cls(root, manifest, files, tokenizer, _gates(man_path, manifest))
+        bundle = cls(root, manifest, files, tokenizer, _gates(man_path, manifest))
+        said = _check_manifest_hash(man_path, manifest)  # last: the field checks above name the field
+        if said:
+            bundle.warnings.append(said)
+            warn(said)
+        return bundle
+
+
+def _check_manifest_hash(man_path: Path, manifest: dict) -> str | None:
+    """Refuse a manifest whose content does not match its hash; a warning when it has none."""
+    want = manifest.get(mf.K_MANIFEST_SHA256)
+    if want is None:
+        return (
+            f"{man_path}: no {mf.K_MANIFEST_SHA256} (exported before pixlm hashed its manifests): its "
+            "gate, labels and checksums are not verified; re-export the bundle to add it"
+        )
+    if not isinstance(want, str):
+        raise BundleError(f"{man_path}: {mf.K_MANIFEST_SHA256} must be a string, got {want!r:.40}")
+    got = manifest_sha256(manifest)
+    if got != want:
+        raise BundleError(
+            f"{man_path}: content does not match its {mf.K_MANIFEST_SHA256} (manifest {got[:12]}…, "
+            f"recorded {want[:12]}…): edited after export; re-export the bundle"
+        )
+    return None
 
 
 def _gates(man_path: Path, manifest: dict) -> dict[str, OODGate]:
@@ -154,6 +229,15 @@ def _gates(man_path: Path, manifest: dict) -> dict[str, OODGate]:
             gates[key] = OODGate.from_dict(entry)
         except ValueError as e:
             raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: {e}") from None
+    for key, entry in manifest[mf.K_FILES].items():
+        if mf.F_GATE_SOURCE not in entry:
+            continue
+        source = entry[mf.F_GATE_SOURCE]
+        if not isinstance(source, str) or source not in gates:
+            raise BundleError(
+                f"{man_path}: files.{key}.{mf.F_GATE_SOURCE} {source!r}: no such gate in {mf.K_OOD!r} "
+                f"(has {sorted(gates)})"
+            )
     return gates
 
 

@@ -311,6 +311,7 @@ def run(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        from pixlm.runtime.bundle import warnings_to
         from pixlm.runtime.outputs import CallbackSink, Outputs, SnapshotWriter
         from pixlm.runtime.outputs.events import KINDS
         from pixlm.runtime.outputs.jsonl import JsonlSink
@@ -336,14 +337,15 @@ def run(
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
         _check_webhook_secret(webhook, webhook_secret)
         outputs = Outputs(on_warning=lambda line: click.echo(line, err=True))
-        rec = Recognizer.open(
-            bundle or ensure_default_bundle(),
-            backend,
-            precision,
-            threads=threads,
-            exact_reuse=prefix_reuse,
-            unknown=unknown,
-        )
+        with warnings_to(lambda line: click.echo(line, err=True)):  # no manifest hash, gate off
+            rec = Recognizer.open(
+                bundle or ensure_default_bundle(),
+                backend,
+                precision,
+                threads=threads,
+                exact_reuse=prefix_reuse,
+                unknown=unknown,
+            )
         if jsonl:
             outputs.add(JsonlSink(jsonl, max_bytes=_bytes(jsonl_max_mb)))
         if save:
@@ -412,6 +414,8 @@ def run(
             what = "no source delivered a frame" if n == 0 else "every source ended in error"
             raise click.ClickException(f"{what} ({n} frames; see the status lines above)")
     msg = f"{n} frames from {len(sources)} source(s)"
+    if unknown and rec.labels and rec.gate is None:
+        msg += "; open-set gate OFF (every region labelled, none 'unknown')"
     if jsonl:
         msg += f"; results in {jsonl}"
     if video_sink is not None and video_sink.files:

@@ -81,7 +81,10 @@ K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
 KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
 K_RECOMMENDED = "recommended"  # {"cpu": fastest file at batch 16 that passed the gate, "tensorrt": key}
-K_OOD = "ood"  # {ONNX file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
+K_OOD = "ood"  # {file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
+# sha256 of the manifest itself: canonical JSON (sorted keys, no spaces) of every key but this one,
+# written by the exporter and checked on load (pixlm.runtime.bundle.manifest_sha256)
+K_MANIFEST_SHA256 = "manifest_sha256"
 
 # files: one entry per produced file, keyed by what it is
 FP32, INT8, INT8_DYNAMIC = "fp32", "int8", "int8-dynamic"  # ONNX files
@@ -89,6 +92,9 @@ TRT_PREFIX = "tensorrt-"  # TensorRT engines: "tensorrt-int8", "tensorrt-fp16"
 F_PATH, F_SHA256, F_BYTES = "path", "sha256", "bytes"  # relative to the bundle folder
 F_PRECISION, F_FORMAT = "precision", "format"  # "fp32" | "int8" | "fp16";  FORMAT_*
 F_METADATA = "metadata"  # TensorRT: the engine's sidecar JSON, itself {path, sha256, bytes}
+# key in "ood" of the gate this file uses: its own (fitted on its outputs; a TensorRT engine's is
+# refitted on the engine when it is built). Bundles before it: engines used their source ONNX's.
+F_GATE_SOURCE = "gate_source"
 FORMAT_ONNX, FORMAT_TRT = "onnx", "tensorrt-engine"
 QUANT_QDQ, QUANT_DYNAMIC = "qdq-static", "dynamic"  # F_QUANTIZATION of int8 ONNX files
 F_QUANTIZATION = "quantization"

@@ -16,6 +16,9 @@ held-out in-distribution images lie::
 
 The exporter fits the gate per model file on held-out images (one half for the mean and
 covariance, the other half for the threshold) and stores it in the bundle manifest ("ood").
+:meth:`OODGate.from_dict` refuses values that would switch it off unseen: an inverse covariance
+that is not symmetric positive-definite (``-I`` or zeros call everything known), a threshold that
+is not finite or above ``MAX_THRESHOLD``.
 ``pixlm study ood`` measures it against raw likelihood, the PNG-corrected score and the label
 confidence, on digits, street crops, noise and constant images.
 """
@@ -29,6 +32,11 @@ import numpy as np
 
 FEATURES = ("bits_per_pixel", "png_bits_per_pixel", "log_label_doubt", "max_token_bits", "std_token_bits")
 GATE_KIND = "mahalanobis-v1"  # manifest "ood.<file>.kind": the recipe above
+# The largest threshold a manifest may hold. Scores are squared distances in standard deviations of
+# the held-out images: their mean is F = 5 by construction, and fitted thresholds lie in the tens.
+# 1e4 is 100 standard deviations in every direction at once: a gate that lets everything through.
+MAX_THRESHOLD = 1e4
+MIN_IMAGES = 20  # OODGate.fit's least number of held-out images
 
 
 def png_bits_per_pixel(images: np.ndarray) -> np.ndarray:
@@ -93,7 +101,8 @@ class OODGate:
         fit_rows, calib_rows = feats[0::2], feats[1::2]
         mean = fit_rows.mean(0)
         cov = np.atleast_2d(np.cov(fit_rows.T)) + 1e-9 * np.eye(feats.shape[1])
-        gate = cls(mean, np.linalg.pinv(cov), 0.0, accept, len(feats))
+        inv_cov = np.linalg.pinv(cov)
+        gate = cls(mean, (inv_cov + inv_cov.T) / 2, 0.0, accept, len(feats))  # symmetric to rounding
         gate.threshold = float(np.quantile(gate.score(calib_rows), accept))
         return gate
 
@@ -119,13 +128,39 @@ class OODGate:
         try:
             mean = np.asarray(d["mean"], dtype=np.float64)
             inv_cov = np.asarray(d["inv_cov"], dtype=np.float64)
-            threshold, accept, images = float(d["threshold"]), float(d["accept"]), int(d["images"])
+            threshold, accept = float(d["threshold"]), float(d["accept"])
+            images = d["images"]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"missing or non-numeric field ({e})") from None
         if mean.shape != (n,) or inv_cov.shape != (n, n):
             raise ValueError(f"mean {mean.shape} / inv_cov {inv_cov.shape}: expected ({n},) / ({n}, {n})")
-        if not (np.isfinite(mean).all() and np.isfinite(inv_cov).all() and np.isfinite(threshold)):
-            raise ValueError("non-finite numbers")
-        if threshold <= 0 or not 0 < accept < 1:
-            raise ValueError(f"threshold {threshold} must be > 0 and accept {accept} within (0, 1)")
+        if not np.isfinite(mean).all():
+            raise ValueError("mean: non-finite numbers")
+        check_inv_cov(inv_cov)
+        if not (np.isfinite(threshold) and 0 < threshold <= MAX_THRESHOLD):
+            raise ValueError(
+                f"threshold {threshold:g} must lie in (0, {MAX_THRESHOLD:g}]: a larger one would call "
+                "nearly every input known"
+            )
+        if not 0 < accept < 1:
+            raise ValueError(f"accept {accept:g} must lie within (0, 1)")
+        if not isinstance(images, int) or isinstance(images, bool) or images < MIN_IMAGES:
+            raise ValueError(f"images {images!r} must be an integer >= {MIN_IMAGES}")
         return cls(mean, inv_cov, threshold, accept, images)
+
+
+def check_inv_cov(inv_cov: np.ndarray) -> None:
+    """An inverse covariance must be finite, symmetric and positive-definite; ``ValueError`` naming
+    what is wrong. One that is not (all zeros, ``-I``) scores some or every input at or below 0:
+    "known" whatever it is."""
+    if not np.isfinite(inv_cov).all():
+        raise ValueError("inv_cov: non-finite numbers")
+    scale = float(np.abs(inv_cov).max())
+    if np.abs(inv_cov - inv_cov.T).max() > 1e-6 * scale:
+        raise ValueError("inv_cov is not symmetric")
+    smallest = float(np.linalg.eigvalsh(inv_cov).min()) if scale > 0 else 0.0
+    if smallest <= 1e-12 * scale:
+        raise ValueError(
+            f"inv_cov is not positive-definite (smallest eigenvalue {smallest:.3g}): some inputs would "
+            "score 0 or below and always be 'known'"
+        )

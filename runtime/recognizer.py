@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of
+from pixlm.runtime import manifest as mf
+from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of, warn
 from pixlm.runtime.engine import KV, Engine, OrtEngine
 from pixlm.runtime.novelty import OODGate, features, png_bits_per_pixel
 from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, first_change
@@ -125,8 +126,13 @@ class Recognizer:
         self.top_k = top_k
         self.n_codes = self.tokenizer.n_codes
         self.pixels_per_token = self.tokenizer.config.patch**2
-        # the open-set gate: None when the bundle has none or ``unknown`` is off
+        # the open-set gate: None when the bundle has none or ``unknown`` is off; ``gate_off`` says why
         self.gate: OODGate | None = bundle.ood_gate(file_key) if unknown and self.labels else None
+        self.gate_off: str | None = None
+        if self.gate is None:
+            self.gate_off = _why_no_gate(bundle, file_key, unknown)
+            if unknown and self.labels:  # asked for, and silently missing: say so once
+                warn(f"open-set gate off: {self.gate_off}")
         self.stats = {"frames": 0, "reuse_hits": 0, "tokens_total": 0, "tokens_saved": 0}
         self.reuse_policy = ReusePolicy()  # when a cached prefix is worth using (prefix_reuse.py)
 
@@ -139,17 +145,20 @@ class Recognizer:
         threads: int | None = None,
         top_k: int = 3,
         trt_cache_dir: str | os.PathLike | None = None,
-        exact_reuse: bool = False,
+        exact_reuse: bool = True,
         unknown: bool = True,
     ) -> Recognizer:
         """Load and verify a bundle and start an engine on ``backend``.
 
         ``precision``: a file key of the bundle ("fp32", "int8", "int8-dynamic", ...); default: the
-        exporter's recommendation for the backend, except that ``exact_reuse`` (for KV prefix
-        reuse) avoids the dynamic-INT8 file, whose per-call activation scales make a partial
-        recompute differ slightly from a full one, in favour of fp32. ``unknown``: label inputs the
-        bundle's open-set gate rejects "unknown" (``Result.known`` False); off, every input gets
-        the model's best label, as a closed-set classifier would.
+        exporter's recommendation for the backend, except that ``exact_reuse`` (on by default, as
+        ``Streamer``'s prefix reuse and ``pixlm run`` are) avoids the dynamic-INT8 file, whose
+        per-call activation scales make a partial recompute differ from a full one (scores by up
+        to 0.06 on vtest.avi), in favour of fp32: the file ``pixlm run`` picks. Pass
+        ``exact_reuse=False`` to get the recommendation when every frame is a full pass
+        (``prefix_reuse=False``, or ``predict`` only). ``unknown``: label inputs the bundle's
+        open-set gate rejects "unknown" (``Result.known`` False); off, every input gets the
+        model's best label, as a closed-set classifier would.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -382,6 +391,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x.astype(np.float64) - x.max())
     return e / e.sum()
+
+
+def _why_no_gate(bundle: Bundle, file_key: str, unknown: bool) -> str:
+    """Why a recognizer runs without an open-set gate, in words for a warning or a summary."""
+    if not bundle.labels:
+        return "a label-free model has no open-set gate"
+    if not unknown:
+        return "turned off (unknown=False, --no-unknown)"
+    source = bundle.gate_source(file_key)
+    where = f"no {mf.K_OOD!r} section" if not bundle.gates else f"no {mf.K_OOD}.{source} entry"
+    return (
+        f"{bundle.root / mf.MANIFEST} has {where} for file {file_key!r}: every input gets a label, none is "
+        "'unknown' (re-export the bundle, or pass unknown=False / --no-unknown to run without it)"
+    )
 
 
 def _auto_backend(bundle: Bundle) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 
+from conftest import VTEST, pixlm_run
 from pixlm.runtime import manifest as mf
-from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.bundle import Bundle, BundleError, BundleWarning, manifest_sha256
 from pixlm.runtime.engine import OrtEngine
 
 
@@ -24,10 +26,14 @@ def bundle_dir(tiny_bundle, tmp_path):
     return dst
 
 
-def edit_manifest(root, change):
+def edit_manifest(root, change, rehash: bool = True):
+    """Change the manifest; ``rehash``: and its hash, as an exporter would have written it (the
+    checks behind the hash are tested that way), else as someone editing it by hand leaves it."""
     path = root / mf.MANIFEST
     man = json.loads(path.read_text())
     change(man)
+    if rehash and mf.K_MANIFEST_SHA256 in man:
+        man[mf.K_MANIFEST_SHA256] = manifest_sha256(man)
     path.write_text(json.dumps(man))
 
 
@@ -45,6 +51,8 @@ def test_loads_a_real_bundle(tiny_bundle):
     assert m[mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32 and m[mf.FP32][mf.M_LABEL_AGREEMENT] == 1.0
     assert 100 * (m[mf.FP32][mf.M_ACCURACY] - m[mf.INT8][mf.M_ACCURACY]) <= 2  # TINY_EXPORT's gate
     assert {"pixlm", "torch", "onnx", "onnxruntime"} <= set(b.manifest[mf.K_PRODUCER])
+    assert b.manifest[mf.K_MANIFEST_SHA256] == manifest_sha256(b.manifest) and b.warnings == []
+    assert all(b.files[k].entry[mf.F_GATE_SOURCE] == k for k in b.files)  # each file's own gate
     with pytest.raises(BundleError, match="no 'tensorrt-int8' file"):
         b.path("tensorrt-int8")
 
@@ -106,6 +114,59 @@ def test_bad_manifest_is_one_clear_error(bundle_dir, change, message):
     edit_manifest(bundle_dir, change)
     with pytest.raises(BundleError, match=message):
         Bundle.load(bundle_dir)
+
+
+def remove_gates(m: dict) -> None:
+    """The open-set gate taken out, as an export without it would have written the manifest."""
+    m.pop(mf.K_OOD)
+    for entry in m[mf.K_FILES].values():
+        entry.pop(mf.F_GATE_SOURCE)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m[mf.K_OOD][mf.INT8].update(threshold=m[mf.K_OOD][mf.INT8]["threshold"] * 3),
+        lambda m: m[mf.K_LABELS].reverse(),
+        remove_gates,  # the gate silently off
+        lambda m: m[mf.K_FILES][mf.FP32].update(sha256="0" * 64),
+    ],
+)
+def test_a_manifest_edited_after_export_is_refused(bundle_dir, change):
+    """Before: only the model files were hashed; a changed gate threshold, a reordered label list
+    or a removed gate loaded as if exported so. Now the manifest's own hash covers its content."""
+    edit_manifest(bundle_dir, change, rehash=False)
+    with pytest.raises(BundleError, match="manifest.json: content does not match its manifest_sha256"):
+        Bundle.load(bundle_dir, verify=False)
+
+
+def test_a_tampered_manifest_is_one_error_line_from_pixlm_run(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m[mf.K_OOD][mf.FP32].update(threshold=1000.0), rehash=False)
+    p = pixlm_run(str(VTEST), "--bundle", str(bundle_dir), "--max-frames", "2", "-q")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1
+    assert err.startswith("Error: ") and err.count("\n") == 1 and "manifest_sha256" in err, err
+
+
+def test_a_bundle_from_before_the_manifest_hash_loads_with_a_warning(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m.pop(mf.K_MANIFEST_SHA256))
+    with pytest.warns(BundleWarning, match="no manifest_sha256 .* re-export the bundle"):
+        b = Bundle.load(bundle_dir)
+    assert len(b.warnings) == 1 and "not verified" in b.warnings[0]
+    edit_manifest(bundle_dir, lambda m: m.update({mf.K_MANIFEST_SHA256: 12}), rehash=False)
+    with pytest.raises(BundleError, match="manifest_sha256 must be a string"):
+        Bundle.load(bundle_dir)
+
+
+def test_a_gate_source_must_name_a_gate(bundle_dir):
+    edit_manifest(bundle_dir, lambda m: m[mf.K_FILES][mf.FP32].update({mf.F_GATE_SOURCE: "nope"}))
+    with pytest.raises(BundleError, match=r"files\.fp32\.gate_source 'nope': no such gate in 'ood'"):
+        Bundle.load(bundle_dir)
+    edit_manifest(bundle_dir, lambda m: m[mf.K_FILES][mf.FP32].update({mf.F_GATE_SOURCE: mf.INT8}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a gate borrowed on purpose is no warning
+        b = Bundle.load(bundle_dir)
+    assert b.ood_gate(mf.FP32) is b.gates[mf.INT8]
 
 
 def test_symlink_out_of_the_bundle_is_refused(bundle_dir, tmp_path):

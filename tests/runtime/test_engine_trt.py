@@ -215,3 +215,27 @@ def test_recognizer_and_streamer_run_on_the_tensorrt_engine(trt_engine):
     a = trt_rec.complete(image, known_rows=5, seed=3)
     b = ort_rec.complete(image, known_rows=5, seed=3)
     assert np.array_equal(a, b)
+
+
+def test_the_simulator_fails_an_aliased_kv_cache_and_a_missing_sync(trt_engine):
+    """The simulator must fail what a GPU would get wrong. Before, it copied every input before
+    writing the outputs, copied synchronously and made stream sync a no-op: with the KV ping-pong
+    removed (the present written over the past being read) the decode test still passed. Now
+    copies and executions wait on the stream until ``cudaStreamSynchronize``, and an output bound
+    over an input is refused. Removing the ping-pong from ``TrtEngine.run`` or the sync from
+    ``download_logits`` makes the three engine tests above fail."""
+    engine, ort_engine, memory, bundle = trt_engine
+    ids = np.random.default_rng(2).integers(0, bundle.tokenizer.n_codes, (2, 12))
+    ids[:, 0] = bundle.tokenizer.bos
+    want, _ = ort_engine.prefill(ids[:, :10])
+    buf = engine.buffers
+    buf.sync = lambda: None  # download_logits without its sync: the host reads before the copy ran
+    stale, _ = engine.prefill(ids[:, :10])
+    assert memory.pending > 0 and not np.allclose(stale, want, atol=1e-2)
+    del buf.sync
+    memory.synchronize()
+    got, past = engine.prefill(ids[:, :10])
+    assert np.allclose(got, want, atol=1e-4) and memory.pending == 0
+    buf.kv[1] = buf.kv[0]  # one KV set, no ping-pong: the present lands on the past being read
+    with pytest.raises(AssertionError, match=r"output present\.0\.key .* overlaps past_key_values\.0\.key"):
+        engine.run(ids[:, 10:11], past)

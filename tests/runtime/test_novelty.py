@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.data import load_fashion_mnist
 from pixlm.runtime import manifest as mf
-from pixlm.runtime.bundle import Bundle, BundleError
+from pixlm.runtime.bundle import Bundle, BundleError, BundleWarning, manifest_sha256
 from pixlm.runtime.novelty import FEATURES, OODGate, png_bits_per_pixel
 from pixlm.runtime.recognizer import UNKNOWN, Recognizer
 
@@ -53,6 +54,87 @@ def test_gate_round_trips_and_refuses_bad_entries():
     ):
         with pytest.raises(ValueError):
             OODGate.from_dict({**gate.to_dict(), **change})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"inv_cov": (-np.eye(len(FEATURES))).tolist()}, "inv_cov is not positive-definite"),
+        ({"inv_cov": np.zeros((len(FEATURES),) * 2).tolist()}, "inv_cov is not positive-definite"),
+        ({"inv_cov": np.diag([1.0, 1, 1, 1, 0]).tolist()}, "inv_cov is not positive-definite"),
+        ({"inv_cov": np.triu(np.ones((len(FEATURES),) * 2)).tolist()}, "inv_cov is not symmetric"),
+        ({"threshold": 1e300}, r"threshold 1e\+300 must lie in \(0, 10000\]"),
+        ({"threshold": float("inf")}, "threshold inf must lie"),
+        ({"mean": [0.0, 0.0, float("nan"), 0.0, 0.0]}, "mean: non-finite"),
+        ({"images": 3}, "images 3 must be an integer >= 20"),
+    ],
+)
+def test_gate_values_that_would_turn_it_off_are_refused(change, message):
+    """Before: an inverse covariance of -I or zeros scores every input 0 or below ("known"), and a
+    threshold of 1e300 accepts everything; all of them loaded. Now each is refused, naming the field."""
+    gate = OODGate.fit(np.random.default_rng(3).normal(size=(100, len(FEATURES))))
+    with pytest.raises(ValueError, match=message):
+        OODGate.from_dict({**gate.to_dict(), **change})
+    far = np.full((1, len(FEATURES)), 1e3)
+    assert OODGate(gate.mean, -np.eye(len(FEATURES)), gate.threshold, 0.95, 100).known(far).all()  # why
+
+
+def copy_with_manifest(tiny_bundle, tmp_path, change):
+    """A copy of the bundle whose manifest ``change`` edits, re-hashed as an exporter would write it."""
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    man = json.loads((dst / mf.MANIFEST).read_text())
+    change(man)
+    man[mf.K_MANIFEST_SHA256] = manifest_sha256(man)
+    (dst / mf.MANIFEST).write_text(json.dumps(man))
+    return dst
+
+
+def test_an_absurd_threshold_in_a_bundle_is_one_error_naming_it(tiny_bundle, tmp_path):
+    dst = copy_with_manifest(tiny_bundle, tmp_path, lambda m: m[mf.K_OOD][mf.INT8].update(threshold=1e300))
+    with pytest.raises(BundleError, match=r"manifest.json: ood\.int8: threshold 1e\+300 must lie"):
+        Bundle.load(dst)
+
+
+def test_a_bundle_without_its_gate_says_so_once(tiny_bundle, tmp_path):
+    """Before: a manifest with no "ood" section, or none for the file in use, ran every input as
+    "known" without a word. Now loading says so once (a BundleWarning; ``pixlm run`` prints it as
+    a ``warning:`` line and ends its summary with "open-set gate OFF")."""
+
+    def drop(key):  # as an exporter without that gate wrote it: no entry, no gate_source naming it
+        def change(m):
+            for name in [key] if key else list(m[mf.K_OOD]):
+                m[mf.K_OOD].pop(name)
+                m[mf.K_FILES][name].pop(mf.F_GATE_SOURCE)
+            if not key:
+                m.pop(mf.K_OOD)
+
+        return change
+
+    dst = copy_with_manifest(tiny_bundle, tmp_path, drop(mf.FP32))
+    with pytest.warns(
+        BundleWarning, match=r"open-set gate off: .* no ood\.fp32 entry for file 'fp32'"
+    ) as said:
+        rec = Recognizer.open(dst, backend="ort-cpu", precision="fp32", threads=1)
+    assert len(said) == 1 and rec.gate is None and "no ood.fp32 entry" in rec.gate_off
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the file has its gate, or the gate is off on purpose
+        assert Recognizer.open(dst, backend="ort-cpu", precision="int8", threads=1).gate is not None
+        off = Recognizer.open(dst, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
+    assert off.gate is None and off.gate_off.startswith("turned off")
+
+    dst = copy_with_manifest(tiny_bundle, tmp_path / "none", drop(None))
+    args = ("--bundle", str(dst), "--backend", "ort-cpu", "--precision", "fp32", "--max-frames", "3", "-q")
+    p = pixlm_run(str(VTEST), *args)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    lines = err.splitlines()
+    assert [line for line in lines if line.startswith("warning:")] == [
+        f"warning: open-set gate off: {dst / mf.MANIFEST} has no 'ood' section for file 'fp32': every input "
+        "gets a label, none is 'unknown' (re-export the bundle, or pass unknown=False / --no-unknown to run "
+        "without it)"
+    ]
+    assert "open-set gate OFF" in lines[-1]
 
 
 def test_export_stores_a_gate_per_file_and_results_carry_it(tiny_bundle):
