@@ -207,10 +207,27 @@ def ensure_default_bundle() -> Path:
     metavar="HOST:PORT",
     default=None,
     help="Live view in the browser (each source's overlay, latest events, metrics line) and "
-    "Prometheus /metrics; a bare PORT binds 127.0.0.1 only.",
+    "Prometheus /metrics; a bare PORT binds 127.0.0.1 only; any other address needs a token.",
 )
 @click.option(
-    "--serve-token", metavar="TOKEN", default=None, help="Require ?token=TOKEN (or a Bearer header)."
+    "--serve-token",
+    metavar="TOKEN",
+    envvar="PIXLM_SERVE_TOKEN",
+    default=None,
+    help="Require ?token=TOKEN or 'Authorization: Bearer TOKEN'; better from the environment "
+    "variable PIXLM_SERVE_TOKEN, which ps does not show.",
+)
+@click.option(
+    "--serve-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Serve the live view over HTTPS with this certificate (PEM).",
+)
+@click.option(
+    "--serve-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The certificate's private key (PEM), if not in --serve-cert.",
 )
 @click.option(
     "--mqtt",
@@ -264,6 +281,8 @@ def run(
     snapshots_max_mb,
     serve,
     serve_token,
+    serve_cert,
+    serve_key,
     mqtt,
     webhook,
     webhook_secret,
@@ -283,8 +302,8 @@ def run(
       pixlm run /usr/share/doc/opencv-doc/examples/data/vtest.avi --grid 2x2 \\
           --jsonl out.jsonl --save out.mp4
       pixlm run rtsp://127.0.0.1:8554/cam --roi 0,0,320,240 --anomaly-threshold 0.5
-      pixlm run clip.mp4 --realtime --loop 0 --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm \
-          --snapshots snaps/ --anomaly-threshold 0.5
+      PIXLM_SERVE_TOKEN=$(openssl rand -hex 16) pixlm run clip.mp4 --realtime --loop 0 \\
+          --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm --snapshots snaps/
     \b
     Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
     --serve page in one JSON schema (README, "Events out").
@@ -320,6 +339,7 @@ def run(
         from pixlm.runtime.sources import source_names
         from pixlm.runtime.stream import Streamer
 
+        _check_serve(serve, serve_token, serve_cert, serve_key)
         if roi and grid:
             raise click.UsageError("give --roi or --grid, not both")
         try:  # an --roi SOURCE= that names no source: a usage error now, not an empty batch later
@@ -366,11 +386,11 @@ def run(
         if serve:
             from pixlm.runtime.outputs.server import LiveServer
 
-            server = LiveServer(serve, source_names(list(sources)), token=serve_token)
-            outputs.add(server)
-            click.echo(
-                f"live view: {server.address}" + (f"?token={serve_token}" if serve_token else ""), err=True
+            server = LiveServer(
+                serve, source_names(list(sources)), token=serve_token, cert=serve_cert, key=serve_key
             )
+            outputs.add(server)
+            click.echo(f"live view: {server.address}" + server.access_note(), err=True)  # never the token
         if not quiet:
             outputs.add(CallbackSink(_print_frame))
         streamer = Streamer(
@@ -448,6 +468,32 @@ def _check_webhook_secret(webhook: str | None, secret: str | None) -> None:
         )
     if secret is not None and from_argv and not webhook:
         raise click.UsageError("--webhook-secret without --webhook")
+
+
+def _check_serve(serve: str | None, token: str | None, cert: str | None, key: str | None) -> None:
+    """--serve's usage errors (exit 2) before the model loads: an address that does not parse, an
+    empty token, an address beyond this machine without a token (outputs/server.py has the rules),
+    and --serve-token, --serve-cert or --serve-key without --serve."""
+    ctx = click.get_current_context()
+    if not serve:
+        for name in ("serve_token", "serve_cert", "serve_key"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"--{name.replace('_', '-')} needs --serve HOST:PORT")
+        return
+    if key and not cert:
+        raise click.UsageError("--serve-key needs --serve-cert")
+    from pixlm.runtime.outputs.server import TOKEN_ENV, check_exposure, parse_address
+
+    if token is None and os.environ.get(TOKEN_ENV) == "":  # click reads an empty variable as unset
+        token = ""
+    try:
+        host, _ = parse_address(serve)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--serve'") from None
+    try:
+        check_exposure(host, token)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _bytes(mb: float | None) -> int | None:

@@ -8,24 +8,41 @@
     GET /api/state?after=K  JSON: sources, events with sequence number > K, the metrics line
     GET /metrics            Prometheus text format (metrics.py)
 
-Binds 127.0.0.1 unless given another host. With ``token``, every request needs ``?token=T`` or
-``Authorization: Bearer T`` (else 401); the page passes it on to what it loads. The page is one
-HTML string with a little JavaScript that polls ``/api/state`` once a second: no build step.
-Overlays are drawn and encoded only when someone watches, once per frame for all viewers.
+Any other path is 404. The page is one HTML string with a little JavaScript that polls
+``/api/state`` once a second: no build step. Overlays are drawn and encoded only when someone
+watches, once per frame, and every viewer sends that same JPEG (no copy per viewer).
+
+Who may connect, checked in this order::
+
+    accept --> at most MAX_CONNECTIONS at once (more: 503 and closed) --> TLS handshake (with a
+    certificate) --> the request within TIMEOUT_S (else closed; keep-alive waits the same) -->
+    Host header (without a token: this machine's own names only) --> token --> the route
+
+Binds 127.0.0.1 unless given another host; any other (non-loopback) address needs a token, so a
+view is never open to a network by accident. With ``token``, every request needs ``?token=T`` or
+``Authorization: Bearer T`` (else 401); the page passes it on to what it loads. Without one, the
+Host header must name this machine (localhost, 127.0.0.1, [::1] or the bound address, any port, so
+an SSH tunnel works): a page on another site whose name was re-pointed at 127.0.0.1 (DNS
+rebinding) gets 403. A viewer that cannot take a frame within TIMEOUT_S is dropped.
 """
 
 from __future__ import annotations
 
 import hmac
 import html
+import ipaddress
 import json
 import logging
+import re
+import socket
+import ssl
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 
@@ -36,22 +53,82 @@ from pixlm.runtime.stream import FrameResult
 log = logging.getLogger(__name__)
 MJPEG_FPS = 10.0
 BOUNDARY = "pixlmframe"
+MAX_CONNECTIONS = 32  # served at once, viewers included: each is a thread
+TIMEOUT_S = 10.0  # to send a request (idle keep-alive too), and for a viewer to take a frame
+TOKEN_ENV = "PIXLM_SERVE_TOKEN"  # `pixlm run` reads the token from here (argv shows in `ps`)
+ROUTE = re.compile(r"/(?:stream/(?P<stream>0|[1-9][0-9]{0,5})\.mjpg|frame/(?P<frame>0|[1-9][0-9]{0,5})\.jpg)")
+BUSY = b"too many connections, try again later\n"
+BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 10\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BUSY), BUSY)
+)
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1) -> (host, port)."""
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` (host 127.0.0.1) -> (host, port)."""
     host, _, port = text.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--serve {text}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
 
 
-class LiveServer:
-    """A sink: keeps each source's latest frame and the recent events, and serves them."""
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach it: ``localhost`` or a loopback IP (a name is not resolved)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, address: str, sources: list[str], token: str | None = None, keep_events: int = 200):
+
+def check_exposure(host: str, token: str | None) -> None:
+    """The rules for who may see the view: an empty token is a mistake (an unset variable), and an
+    address beyond this machine needs a token. ``ValueError`` says how to set one."""
+    if token is not None and not token.strip():
+        raise ValueError(
+            f"the live view's token is empty (an unset variable?): set {TOKEN_ENV}, "
+            "or give no token for a view on 127.0.0.1 only"
+        )
+    if not token and not is_loopback(host):
+        raise ValueError(
+            f"--serve {host} is reachable from other machines: give it a token, "
+            f"e.g. export {TOKEN_ENV}=$(openssl rand -hex 16), or bind 127.0.0.1"
+        )
+
+
+def tls_context(cert: str, key: str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context from PEM files (``key`` may be inside ``cert``)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"--serve-cert {cert}: cannot load the certificate and key ({e})") from None
+    return context
+
+
+class LiveServer:
+    """A sink: keeps each source's latest frame and the recent events, and serves them.
+
+    ``cert``/``key`` serve HTTPS; ``max_connections`` and ``timeout`` bound what clients can hold.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        sources: list[str],
+        token: str | None = None,
+        keep_events: int = 200,
+        *,
+        cert: str | None = None,
+        key: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout: float = TIMEOUT_S,
+    ):
         host, port = parse_address(address)
+        check_exposure(host, token)
+        self.host = host
         self.sources, self.token = list(sources), token
         self.metrics = FleetMetrics()
         self.streamer = None  # set by attach(): adds source and engine counters to /metrics
@@ -59,21 +136,33 @@ class LiveServer:
         self._cond = threading.Condition()
         self._latest: dict[str, tuple[int, FrameResult]] = {}
         self._arrivals: dict[str, deque[float]] = {}  # for the FPS drawn on the overlay
-        self._jpeg: dict[str, tuple[int, bytes]] = {}
+        self._jpeg: dict[str, tuple[int, bytes]] = {}  # the one encoded overlay every viewer sends
+        self._encoding: dict[str, threading.Lock] = {}
+        self._encoder = ThreadPoolExecutor(1, "pixlm-serve-jpeg")
         self._events: deque[tuple[int, dict]] = deque(maxlen=keep_events)
         self._seq = 0
         self._closed = False
+        named = f"[{host}]" if ":" in host else host
+        # the Host header names answered without a token: this machine's own
+        self._hosts = {"localhost", "127.0.0.1", "[::1]", named.lower()}
+        tls = tls_context(cert, key) if cert else None
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _handler(self))
+            self.httpd = _HTTPServer((host, port), _handler(self, timeout), max_connections, timeout, tls)
         except OSError as e:
             raise ValueError(f"--serve {address}: cannot listen ({e.strerror})") from None
-        self.httpd.daemon_threads = True
-        self.address = f"http://{host}:{self.httpd.server_address[1]}/"
+        self.address = f"{'https' if tls else 'http'}://{named}:{self.httpd.server_address[1]}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="pixlm-serve", daemon=True)
         self._thread.start()
 
     def attach(self, streamer) -> None:
         self.streamer = streamer
+
+    def access_note(self) -> str:
+        """What the console says after the address: how to get in, and plain HTTP on a network."""
+        note = " (token required: ?token=... or an 'Authorization: Bearer' header)" if self.token else ""
+        if not is_loopback(self.host) and not self.address.startswith("https"):
+            note += "; plain HTTP on the network: anyone on the way can read the token (use --serve-cert)"
+        return note
 
     # -- the sink interface ------------------------------------------------------------------------
     def write(self, fr: FrameResult) -> None:
@@ -96,26 +185,31 @@ class LiveServer:
             self._cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
+        self._encoder.shutdown(wait=False)
 
     # -- what the handler serves -------------------------------------------------------------------
     def jpeg(self, source: str, after: int = 0, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        """The latest overlay of ``source`` newer than ``after`` (waits up to ``timeout``)."""
+        """The latest overlay of ``source`` newer than ``after`` (waits up to ``timeout``),
+        encoded once per frame: every viewer gets the same bytes object."""
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._latest.get(source, (0,))[0] > after, timeout)
             if source not in self._latest or self._closed:
                 return None
-            seq, fr = self._latest[source]
-            cached = self._jpeg.get(source)
-            if cached and cached[0] == seq:
-                return cached
-            t = self._arrivals[source]
-            fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
-        ok, data = cv2.imencode(".jpg", draw_overlay(fr, fps), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if not ok:
-            return None
-        with self._cond:
-            self._jpeg[source] = (seq, data.tobytes())
-        return seq, data.tobytes()
+            encoding = self._encoding.setdefault(source, threading.Lock())
+        with encoding:  # the other viewers wait for this encoding instead of making their own
+            with self._cond:
+                seq, fr = self._latest[source]
+                cached = self._jpeg.get(source)
+                if cached and cached[0] == seq:
+                    return cached
+                t = self._arrivals[source]
+                fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+            # In one thread: encoding in each viewer's own thread grew one malloc arena per viewer
+            data = self._encoder.submit(_encode, fr, fps).result()
+            if data is None:
+                return None
+            got = self._jpeg[source] = (seq, data)
+            return got
 
     def state(self, after: int) -> dict:
         with self._cond:
@@ -135,17 +229,108 @@ class LiveServer:
             "metrics": self.metrics_line,
         }
 
-    def allowed(self, query: dict, headers) -> bool:
+    def refusal(self, query: dict, headers) -> tuple[HTTPStatus, bytes] | None:
+        """Why a request may not be answered, or None: a wrong token, or without a token a Host
+        header that does not name this machine."""
         if not self.token:
-            return True
+            name = headers.get("Host", "").strip().lower()
+            name = name if name.endswith("]") else name.rpartition(":")[0] or name  # without the port
+            if name not in self._hosts:
+                return HTTPStatus.FORBIDDEN, b"this view answers to localhost only (or set a token)\n"
+            return None
         given = query.get("token", [""])[-1]
         auth = headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             given = given or auth[7:]
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return HTTPStatus.UNAUTHORIZED, b"token required\n"
+        return None
 
 
-def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
+def _encode(fr: FrameResult, fps: float) -> bytes | None:
+    ok, data = cv2.imencode(".jpg", draw_overlay(fr, fps), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return data.tobytes() if ok else None
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """http.server with bounds: at most ``max_connections`` threads (more are answered 503 and
+    closed at once), TLS when given a context, and a reaper that closes any connection that has
+    not sent a whole request within ``timeout`` (a socket timeout alone lets a byte every few
+    seconds hold a thread forever)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address, handler, max_connections: int, timeout: float, tls: ssl.SSLContext | None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.timeout_s, self.tls = timeout, tls
+        self._deadlines: dict[BaseHTTPRequestHandler, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        super().__init__(address, handler)
+        threading.Thread(target=self._reap, name="pixlm-serve-reaper", daemon=True).start()
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.tls is not None:  # the handshake runs in the connection's thread, within the timeout
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                if self.tls is None:
+                    request.setblocking(False)
+                    request.send(BUSY_ANSWER)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:  # a client that left or misbehaved
+        log.debug("serve: connection from %s ended with an error", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        self._stop.set()
+        super().server_close()
+
+    # -- the request deadline ----------------------------------------------------------------------
+    def arm(self, handler: BaseHTTPRequestHandler) -> None:
+        """Start the clock for ``handler``'s next request (kept if already running)."""
+        with self._lock:
+            self._deadlines.setdefault(handler, time.monotonic() + self.timeout_s)
+
+    def disarm(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._deadlines.pop(handler, None)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                late = [h for h, t in self._deadlines.items() if t < now]
+                for h in late:
+                    del self._deadlines[h]
+            for h in late:
+                try:  # wakes the thread blocked reading: it sees the end of the stream and ends
+                    socket.socket.shutdown(h.request, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _handler(server: LiveServer, timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "pixlm"
@@ -153,48 +338,66 @@ def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, fmt: str, *args) -> None:  # quiet: the CLI's stderr is for status
             log.debug("serve: " + fmt, *args)
 
+        def setup(self) -> None:
+            self.timeout = timeout  # every read and write of this connection
+            self.server.arm(self)  # the handshake and the first request, together within the timeout
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.settimeout(timeout)
+                self.request.do_handshake()
+            super().setup()
+
+        def handle_one_request(self) -> None:
+            self.server.arm(self)
+            try:
+                super().handle_one_request()
+            finally:
+                self.server.disarm(self)
+
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.server.disarm(self)  # the request is in: answering it is not bound by the deadline
             url = urlsplit(self.path)
             query = parse_qs(url.query)
-            if not server.allowed(query, self.headers):
-                return self._send(HTTPStatus.UNAUTHORIZED, b"token required\n", "text/plain")
+            refused = server.refusal(query, self.headers)
+            if refused is not None:
+                return self._send(refused[0], refused[1], "text/plain")
             path = url.path
-            try:
-                if path == "/":
-                    return self._send(HTTPStatus.OK, _page(server).encode(), "text/html; charset=utf-8")
-                if path == "/metrics":
-                    text = server.metrics.render(server.streamer).encode()
-                    return self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
-                if path == "/api/state":
+            if path == "/":
+                return self._send(HTTPStatus.OK, _page(server).encode(), "text/html; charset=utf-8")
+            if path == "/metrics":
+                text = server.metrics.render(server.streamer).encode()
+                return self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
+            if path == "/api/state":
+                try:
                     after = int(query.get("after", ["0"])[-1] or 0)
-                    return self._send(
-                        HTTPStatus.OK, json.dumps(server.state(after)).encode(), "application/json"
-                    )
-                if path.startswith(("/stream/", "/frame/")):
-                    index = int(path.rsplit("/", 1)[-1].split(".")[0])
-                    source = server.sources[index]
-                    if path.endswith(".mjpg"):
-                        return self._mjpeg(source)
-                    got = server.jpeg(source, timeout=5.0)
-                    if got is None:
-                        return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
-                    return self._send(HTTPStatus.OK, got[1], "image/jpeg")
-            except (ValueError, IndexError):
-                pass
-            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+                except ValueError:
+                    return self._send(HTTPStatus.BAD_REQUEST, b"after must be a number\n", "text/plain")
+                return self._send(HTTPStatus.OK, json.dumps(server.state(after)).encode(), "application/json")
+            route = ROUTE.fullmatch(path)
+            index = int(route["stream"] or route["frame"]) if route else -1
+            if not 0 <= index < len(server.sources):
+                return self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+            if route["stream"]:
+                return self._mjpeg(server.sources[index])
+            got = server.jpeg(server.sources[index], timeout=5.0)
+            if got is None:
+                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"no frame yet\n", "text/plain")
+            self._send(HTTPStatus.OK, got[1], "image/jpeg")
 
-        def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        def _headers(self, status: HTTPStatus, ctype: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("Referrer-Policy", "no-referrer")  # a token in the URL stays here
+            self.send_header("X-Content-Type-Options", "nosniff")
+
+        def _send(self, status: HTTPStatus, body: bytes, ctype: str) -> None:
+            self._headers(status, ctype)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
         def _mjpeg(self, source: str) -> None:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
+            self._headers(HTTPStatus.OK, f"multipart/x-mixed-replace; boundary={BOUNDARY}")
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
@@ -206,20 +409,21 @@ def _handler(server: LiveServer) -> type[BaseHTTPRequestHandler]:
                         continue
                     seq, data = got
                     head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
-                    self.wfile.write(head.encode() + data + b"\r\n")
-                    self.wfile.flush()
+                    self.wfile.write(head.encode())
+                    self.wfile.write(data)  # the shared JPEG itself, not a copy joined to the head
+                    self.wfile.write(b"\r\n")
                     wait = last + 1 / MJPEG_FPS - time.monotonic()
                     if wait > 0:
                         time.sleep(wait)
                     last = time.monotonic()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the viewer left
+            except OSError:
+                pass  # the viewer left, or did not take a frame within the timeout: dropped
 
     return Handler
 
 
 def _page(server: LiveServer) -> str:
-    token = f"?token={html.escape(server.token)}" if server.token else ""
+    token = f"?token={html.escape(quote(server.token, safe=''))}" if server.token else ""
     cards = "\n".join(
         f'<figure><img id="stream-{i}" src="/stream/{i}.mjpg{token}" alt="{html.escape(s)}">'
         f'<figcaption>{html.escape(s)} <span id="status-{i}"></span> <span id="size-{i}"></span>'

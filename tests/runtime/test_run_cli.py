@@ -155,7 +155,7 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         ([str(VTEST), "--mqtt", "mqtt://broker/a/#"], "may not hold MQTT wildcards"),
         ([str(VTEST), "--webhook", "ftp://x/y"], "expected an http:// or https:// URL"),
         ([str(VTEST), "--serve", "localhost:http"], "expected HOST:PORT"),
-        ([str(VTEST), "--serve", "203.0.113.9:8080"], "cannot listen"),
+        ([str(VTEST), "--serve", "203.0.113.9:8080", "--serve-token", "t"], "cannot listen"),
         ([str(VTEST), "--snapshots", "/proc/no/such"], "cannot create the snapshot folder"),
         ([str(VTEST), "--events", "anomaly,bogus"], "choose from anomaly, label, status"),
     ],
