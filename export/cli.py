@@ -45,7 +45,9 @@ def _terminate(signum, frame) -> None:
     "--data",
     default="fashion-mnist",
     show_default=True,
-    help="Labelled data: its test split validates and gates, its train split calibrates.",
+    help="Labelled data. Fashion-MNIST: the calibration split (training images 55,000-59,999, or test "
+    "images 0-4,999 for a model trained on all 60,000) validates, gates and fits the open-set gate; "
+    "other data: its test split. Its train split calibrates INT8.",
 )
 @click.option("--calib-data", default=None, help="Calibration images from here instead [default: --data].")
 @click.option(
@@ -56,7 +58,7 @@ def _terminate(signum, frame) -> None:
     type=int,
     default=0,
     show_default=True,
-    help="Held-out images for accuracy and the gate (0 = the whole test split).",
+    help="Held-out images for accuracy and the gates (0 = the whole calibration split).",
 )
 @click.option(
     "--max-drop",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pixlm import checkpoint as ckpt
-from pixlm.data import Dataset, load_source
+from pixlm.data import Dataset, held_out_splits, load_source, split_range
 from pixlm.export import measure, quantize, validate
 from pixlm.export import tensorrt as trt_export
 from pixlm.export.bundle import (
@@ -46,7 +46,7 @@ class ExportOptions:
     dynamic: bool = True  # also dynamic INT8 (CPU only)
     tensorrt: bool = False
     fp16: bool = False  # TensorRT: also an FP16 engine from the FP32 file
-    data: str = "fashion-mnist"  # held-out split ("test") for validation, accuracy and the gate
+    data: str = "fashion-mnist"  # its calibration split validates, gates and fits the open-set gate
     calib_data: str | None = None  # training split for calibration; None: same source as data
     calib_images: int = 512
     eval_images: int | None = None  # None: the whole held-out split
@@ -112,9 +112,23 @@ def _sequences(tokenizer, images: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full((len(tokens), 1), tokenizer.bos, dtype=np.int64), tokens], axis=1)
 
 
-def _load_data(opts: ExportOptions, tokenizer, n_labels: int) -> tuple[Dataset, np.ndarray | None]:
+def calibration_plan(data: str, train_config: dict | None) -> dict:
+    """Which images the export fits on (gate, INT8 gate, recommendation) and which stay for reports.
+
+    Fashion-MNIST: the calibration split of :func:`pixlm.data.held_out_splits`, never an image a
+    reported number uses. Other data: its test split (the user's held-out images)."""
+    if data != "fashion-mnist":
+        return {mf.C_DATA: data, mf.C_SPLIT: "test", mf.C_REPORT_SPLIT: None}
+    calib, report = held_out_splits(train_config)
+    plan = {mf.C_DATA: data, mf.C_SPLIT: calib, mf.C_RANGE: list(split_range(calib))}
+    return {**plan, mf.C_REPORT_SPLIT: report}
+
+
+def _load_data(
+    opts: ExportOptions, tokenizer, n_labels: int, plan: dict
+) -> tuple[Dataset, np.ndarray | None]:
     ch = tokenizer.config.channels
-    held_out = load_source(opts.data, "test", tokenizer, ch).subset(opts.eval_images)
+    held_out = load_source(opts.data, plan[mf.C_SPLIT], tokenizer, ch).subset(opts.eval_images)
     if opts.int8 or opts.dynamic:
         if n_labels == 0 or (held_out.labels < 0).any():
             raise ValueError(
@@ -127,7 +141,9 @@ def _load_data(opts: ExportOptions, tokenizer, n_labels: int) -> tuple[Dataset, 
         raise quantize.CalibrationError(
             f"--calib-images {opts.calib_images}: need at least {quantize.MIN_CALIBRATION_IMAGES}"
         )
-    train = load_source(opts.calib_data or opts.data, "train", tokenizer, ch)
+    # INT8 ranges come from training images, never from the calibration split's held-out ones
+    fit = "fit" if plan[mf.C_SPLIT] == "calib" and not opts.calib_data else "train"
+    train = load_source(opts.calib_data or opts.data, fit, tokenizer, ch)
     if len(train) < opts.calib_images:
         raise quantize.CalibrationError(
             f"{opts.calib_data or opts.data}: {len(train)} training images, --calib-images asks for "
@@ -167,17 +183,19 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
 
     with step("checkpoint"):
         path = Path(opts.checkpoint) if opts.checkpoint else ckpt.default_checkpoint()
-        model, tok, _ = ckpt.load(path)
+        model, tok, state = ckpt.load(path)
         cfg = model.cfg
         step.detail = (
             f"{path.name}: {cfg.n_layer} layers × {cfg.d_model}, {tok.n_tokens} tokens, {cfg.n_labels} labels"
         )
     with step("data"):
-        held_out, calib_images = _load_data(opts, tok, cfg.n_labels)
+        plan = calibration_plan(opts.data, state.get("train_config"))
+        held_out, calib_images = _load_data(opts, tok, cfg.n_labels, plan)
+        plan[mf.C_IMAGES] = len(held_out)
         eval_seqs = _sequences(tok, held_out.images)
         val_seqs = eval_seqs[: opts.validate_images]
         calib = None if calib_images is None else _sequences(tok, calib_images)
-        step.detail = f"{opts.data}: {len(held_out)} held-out (test) images" + (
+        step.detail = f"{opts.data}: {len(held_out)} held-out images of split {plan[mf.C_SPLIT]!r}" + (
             "" if calib is None else f", {len(calib)} calibration (train) images"
         )
 
@@ -360,6 +378,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
             )
             if gates:
                 manifest[mf.K_OOD] = gates
+            manifest[mf.K_CALIBRATION] = plan
             write_manifest(stage, manifest)
             total = sum(p.stat().st_size for p in stage.iterdir()) / 1e6
             step.detail = f"{out_dir} ({len(files)} models, {total:.2f} MB), cpu: {recommended['cpu']}"
@@ -410,7 +429,7 @@ def format_table(rows: list[Row]) -> str:
         return "—" if v is None else format(v, fmt)
 
     lines = [
-        "| format | size MB | test accuracy | ms/frame batch 1 | frames/s batch 16 "
+        "| format | size MB | held-out accuracy | ms/frame batch 1 | frames/s batch 16 "
         "| max abs Δ logit vs PyTorch |",
         "|---|---:|---:|---:|---:|---:|",
     ]

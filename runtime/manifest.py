@@ -81,6 +81,10 @@ K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
 KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
 K_RECOMMENDED = "recommended"  # {"cpu": fastest file at batch 16 that passed the gate, "tensorrt": key}
+# {"data", "split", "range": [file, first, end], "images", "report_split"}: the held-out images the
+# export fitted the gate, the INT8 gate and its choices on; reports use "report_split", never these
+K_CALIBRATION = "calibration"
+C_DATA, C_SPLIT, C_RANGE, C_IMAGES, C_REPORT_SPLIT = "data", "split", "range", "images", "report_split"
 K_OOD = "ood"  # {file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
 # sha256 of the manifest itself: canonical JSON (sorted keys, no spaces) of every key but this one,
 # written by the exporter and checked on load (pixlm.runtime.bundle.manifest_sha256)

@@ -14,7 +14,7 @@ import os
 # It must be set before numpy loads; a value the user set wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 # The runtime's public classes, imported on first access (PEP 562) from pixlm.runtime, which
 # imports them lazily too: `import pixlm` stays light and never loads OpenCV or ONNX Runtime.

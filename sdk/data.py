@@ -95,7 +95,28 @@ FASHION_MNIST_SPLITS = {
     "test": ("test", 0, 10_000),
     "fit": ("train", 0, 55_000),
     "calib": ("train", 55_000, 60_000),
+    # for a model that trained on all 60,000 training images: half the test file calibrates
+    "test-calib": ("test", 0, 5_000),
+    "test-report": ("test", 5_000, 10_000),
 }
+
+
+def held_out_splits(train_config: dict | None) -> tuple[str, str]:
+    """(calibration split, report split) of Fashion-MNIST for a model trained with ``train_config``.
+
+    A model that never saw training images 55,000-59,999 calibrates on them and reports on the whole
+    test file. A model trained on all 60,000 (such as the one shipped up to version 0.6.0) has no
+    unseen training images, so test images 0-4,999 calibrate and 5,000-9,999 report.
+    """
+    cfg = train_config or {}
+    fashion = cfg.get("data", "fashion-mnist") == "fashion-mnist"
+    fit_only = fashion and (cfg.get("max_images") or 60_000) <= 55_000
+    return ("calib", "test") if fit_only else ("test-calib", "test-report")
+
+
+def split_range(split: str) -> tuple[str, int, int]:
+    """(file, first image, end) of a named Fashion-MNIST split, e.g. to check two are disjoint."""
+    return FASHION_MNIST_SPLITS[split]
 
 
 def load_fashion_mnist(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train") -> Dataset:

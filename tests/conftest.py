@@ -107,7 +107,8 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shipped_bundle(tmp_path_factory) -> Path:
     """The shipped Fashion-MNIST model's bundle (fp32 only), its open-set gate fitted on the first
-    2,000 test images, exported by the real CLI."""
+    2,000 images of its calibration split (test images 0-1,999: the model trained on all 60,000
+    training images), exported by the real CLI."""
     out = tmp_path_factory.mktemp("shipped") / "bundle"
     run_cli(
         "pixlm-export",

@@ -49,7 +49,7 @@ def test_export_writes_a_bundle(tiny_checkpoint, tmp_path):
         "bundle",
     ):
         assert f"✓ {step}" in r.output
-    assert "| format | size MB | test accuracy |" in r.output
+    assert "| format | size MB | held-out accuracy |" in r.output
     man = json.loads((out / mf.MANIFEST).read_text())
     assert set(man[mf.K_FILES]) == {mf.FP32, mf.INT8}
     assert man[mf.K_METRICS][mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import VTEST
 from pixlm.data import load_fashion_mnist
+from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import BundleError
 from pixlm.runtime.recognizer import BackendUnavailable, Recognizer
 from pixlm.runtime.sources import SourceError
@@ -34,8 +35,10 @@ def frames() -> list[np.ndarray]:
 
 
 def test_predict_matches_the_exported_accuracy(rec):
-    data = load_fashion_mnist(split="test")
-    images, labels = data.images[:500], data.labels[:500]
+    # the export measured its accuracy on the first images of its calibration split
+    cal = rec.bundle.manifest[mf.K_CALIBRATION]
+    data = load_fashion_mnist(split=cal[mf.C_SPLIT])
+    images, labels = data.images[: cal[mf.C_IMAGES]], data.labels[: cal[mf.C_IMAGES]]
     results = rec.predict_batch(list(images))
     acc = np.mean([r.label_index == y for r, y in zip(results, labels, strict=True)])
     assert acc == pytest.approx(rec.bundle.metrics["fp32"]["accuracy"], abs=1e-9)  # same 500 images

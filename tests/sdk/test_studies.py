@@ -9,6 +9,7 @@ import cv2
 import pytest
 
 from conftest import TINY_TRAIN, run_cli
+from pixlm.studies.ood import DESIGN_SETS, REPORT_SETS
 
 
 def test_one_class_quick(tmp_path):
@@ -53,12 +54,15 @@ def test_ood_quick_with_the_shipped_model(tmp_path):
     run_cli("pixlm", "study", "ood", "--quick", "--threads", "2", "--out", str(tmp_path))
     r = json.loads((tmp_path / "ood-quick.json").read_text())
     sets = r["sets"]
-    assert set(sets) == {"digits", "street crops", "street 2x2 tiles", "uniform noise", "constant"}
+    assert set(sets) == set(DESIGN_SETS) | set(REPORT_SETS) and not set(DESIGN_SETS) & set(REPORT_SETS)
+    assert r["splits"] == {"fit": "test-calib", "report": "test-report", "background": "fit"}
     assert sets["constant"]["auroc"]["raw"] < 0.2  # raw likelihood prefers blank images (Nalisnick)
     assert sets["street 2x2 tiles"]["auroc"]["png-corrected"] < 0.5  # the correction alone fails here
-    for name, s in sets.items():
-        assert s["auroc"]["gate"] >= 0.95, name  # the runtime's gate separates every set
-    assert 0.9 <= r["in_distribution"]["accepted"] <= 1.0
+    for name in DESIGN_SETS:
+        assert sets[name]["auroc"]["gate"] >= 0.95, name  # the runtime's gate separates every set
+    for name in REPORT_SETS:  # floors on sets the gate was not designed with
+        assert sets[name]["auroc"]["gate"] >= 0.75, name
+    assert 0.9 <= r["in_distribution"]["accepted"]["gate"] <= 1.0
     assert cv2.imread(str(tmp_path / "ood-quick-roc.png")) is not None
 
 
