@@ -13,7 +13,7 @@ import numpy as np
 from pixlm.progress import bar
 from pixlm.runtime import novelty
 from pixlm.runtime.engine import OrtEngine
-from pixlm.runtime.recognizer import LN2, log_softmax, softmax
+from pixlm.runtime.recognizer import LN2, log_softmax
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -24,24 +24,25 @@ def held_out_pass(
     tokenizer: Tokenizer,
     batch_size: int = 64,
     desc: str = "held-out pass",
-) -> tuple[float, np.ndarray]:
-    """One pass over held-out ``seqs`` (B, N+1): label accuracy, and the open-set gate's features
-    (B, 5) of every image, computed as the runtime computes them (``pixlm.runtime.novelty``).
+) -> tuple[float, novelty.GateInputs]:
+    """One pass over held-out ``seqs`` (B, N+1): label accuracy, and the open-set gate's inputs of
+    every image, computed as the runtime computes them (``pixlm.runtime.novelty.gate_inputs``).
     ``desc`` names the progress bar."""
     n_codes, ppt = tokenizer.n_codes, tokenizer.config.patch**2
-    preds, feats = [], []
+    parts: list[novelty.GateInputs] = []
     with bar(desc=desc, total=len(seqs), leave=False, unit="img") as progress:
         for i in range(0, len(seqs), batch_size):
             batch = seqs[i : i + batch_size]
             logits, _ = engine.prefill(batch)
             logp = log_softmax(logits[:, :-1, :n_codes])  # the runtime's own post-processing
             bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / LN2
-            probs = np.stack([softmax(z) for z in logits[:, -1, n_codes + 1 :]])
             png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
-            feats.append(novelty.features(bits, probs, png, ppt))
-            preds.append(probs.argmax(-1))
+            parts.append(novelty.gate_inputs(bits, logits[:, -1], n_codes, png, ppt))
             progress.update(len(batch))
-    return float((np.concatenate(preds) == labels).mean()), np.concatenate(feats)
+    inputs = novelty.GateInputs(
+        *(np.concatenate([getattr(p, k) for p in parts]) for k in ("summary", "head", "classes"))
+    )
+    return float((inputs.classes == labels).mean()), inputs
 
 
 def speed(engine: OrtEngine, seqs: np.ndarray, budget_s: float = 1.0) -> tuple[float, float]:

@@ -33,7 +33,7 @@ from pixlm.export.bundle import (
 from pixlm.export.onnx_export import EXPORTER, export_onnx
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.engine import OrtEngine
-from pixlm.runtime.novelty import OODGate
+from pixlm.runtime.novelty import GateInputs, OODGate
 
 BENCH_ROUNDS = 3  # speed measurements per file, interleaved across files; the best one counts
 
@@ -202,11 +202,11 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
     rows: list[Row] = []
     files, metrics, gates = {}, {}, {}
 
-    def fit_gate(key: str, feats) -> str:
+    def fit_gate(key: str, inputs: GateInputs) -> str:
         """Fit file ``key``'s open-set gate on its held-out outputs; a note for the step line."""
         if opts.ood_accept is None:
             return ""
-        gates[key] = OODGate.fit(feats, opts.ood_accept).to_dict()
+        gates[key] = OODGate.fit(inputs, opts.ood_accept).to_dict()
         return f"; unknown-gate accepts {100 * opts.ood_accept:g}% (threshold {gates[key]['threshold']:.1f})"
 
     with staged(out_dir, opts.force) as stage:

@@ -40,6 +40,7 @@ from pixlm.runtime.engine_trt import (
     import_tensorrt,
     profiles,
 )
+from pixlm.runtime.novelty import GateInputs
 
 # ONNX operators TensorRT 10's ONNX parser supports ("Y" rows of onnx-tensorrt docs/operators.md,
 # TensorRT 10.x, opsets 9..20 for 10.0). Ops added in 10.15 (Attention, RotaryEmbedding,
@@ -172,8 +173,8 @@ def build_engine(
 
 def held_out_pass(
     engine_path: str | os.PathLike, seqs: np.ndarray, labels: np.ndarray, tokenizer, max_batch: int
-) -> tuple[float, np.ndarray]:
-    """Label accuracy and the open-set gate's features of held-out ``seqs`` (B, N+1) through the
+) -> tuple[float, GateInputs]:
+    """Label accuracy and the open-set gate's inputs of held-out ``seqs`` (B, N+1) through the
     built engine (the runtime's ``TrtEngine``, batches of at most the engine's ``max_batch``), as
     :func:`pixlm.export.measure.held_out_pass` computes them on ONNX Runtime: fit the engine's gate
     on these, with the same ``OODGate.fit``, not on its source ONNX file's outputs."""

@@ -226,7 +226,7 @@ def _gates(man_path: Path, manifest: dict) -> dict[str, OODGate]:
         if key not in manifest[mf.K_FILES]:
             raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: no such file in 'files'")
         try:
-            gates[key] = OODGate.from_dict(entry)
+            gates[key] = OODGate.from_dict(entry, vocab=manifest.get(mf.K_VOCAB, {}).get("size"))
         except ValueError as e:
             raise BundleError(f"{man_path}: {mf.K_OOD}.{key}: {e}") from None
     for key, entry in manifest[mf.K_FILES].items():

@@ -36,7 +36,7 @@ class Prefix:
     tokens: np.ndarray  # (N,)
     past: list[KV]  # per layer (1, nh, N+1, hd): BOS + N image tokens
     logp: np.ndarray  # (N, n_codes) log-probs of each image token's position
-    label_logits: np.ndarray  # (L,)
+    head: np.ndarray  # (V,): the logits after the last image token (labels, open-set gate)
 
 
 def first_change(memory: Prefix | None, tokens: np.ndarray, n: int) -> int:

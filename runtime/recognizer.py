@@ -38,7 +38,7 @@ import numpy as np
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of, warn
 from pixlm.runtime.engine import KV, Engine, OrtEngine
-from pixlm.runtime.novelty import OODGate, features, png_bits_per_pixel
+from pixlm.runtime.novelty import OODGate, gate_inputs, png_bits_per_pixel
 from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, first_change
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
@@ -195,11 +195,12 @@ class Recognizer:
 
     # -- one pass over whole images ------------------------------------------------------------
     def analyze_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, N) image tokens -> label logits (B, L) and next-token log-probs (B, N, n_codes)."""
+        """(B, N) image tokens -> the logits after the last image token (B, V: codes, BOS, labels)
+        and next-token log-probs (B, N, n_codes)."""
         b = tokens.shape[0]
         ids = np.concatenate([np.full((b, 1), self.tokenizer.bos, np.int64), tokens], axis=1)
         logits, _ = self.engine.prefill(ids)
-        return logits[:, -1, self.n_codes + 1 :], log_softmax(logits[:, :-1, : self.n_codes])
+        return logits[:, -1].copy(), log_softmax(logits[:, :-1, : self.n_codes])
 
     def predict(self, image: np.ndarray, nll_map: bool = False) -> Result:
         """One image -> :class:`Result`."""
@@ -210,9 +211,9 @@ class Recognizer:
         t0 = time.perf_counter()
         tokens = self.tokenizer.encode_batch(images)
         t1 = time.perf_counter()
-        label_logits, logp = self.analyze_tokens(tokens)
+        head, logp = self.analyze_tokens(tokens)
         t2 = time.perf_counter()
-        results = self._results(tokens, label_logits, logp, nll_map)
+        results = self._results(tokens, head, logp, nll_map)
         t3 = time.perf_counter()
         n = len(images)
         for r in results:
@@ -259,9 +260,9 @@ class Recognizer:
                 self._from_prefix(tokens, rows, memory, start)
             for i in rows:
                 starts[i] = start
-        label_logits = np.stack([m.label_logits for m in memory])
+        head = np.stack([m.head for m in memory])
         logp = np.stack([m.logp for m in memory])
-        results = self._results(tokens, label_logits, logp, nll_map)
+        results = self._results(tokens, head, logp, nll_map)
         for r, j in zip(results, starts, strict=True):
             r.reused_tokens = 0 if j == 0 else j + 1  # BOS + tokens[:j] came from the cache
             self.stats["reuse_hits"] += int(j > 0)
@@ -278,7 +279,7 @@ class Recognizer:
                 tokens[i].copy(),
                 _own_rows(present, r),
                 log_softmax(logits[r, :-1, : self.n_codes]),
-                logits[r, -1, self.n_codes + 1 :].copy(),
+                logits[r, -1].copy(),
             )
 
     def _from_prefix(self, tokens: np.ndarray, rows: list[int], memory: list[Prefix | None], j: int) -> None:
@@ -298,7 +299,7 @@ class Recognizer:
             m.tokens = tokens[i].copy()
             m.past = _own_rows(present, r)
             m.logp = np.concatenate([m.logp[: j + 1], log_softmax(logits[r, :-1, : self.n_codes])])
-            m.label_logits = logits[r, -1, self.n_codes + 1 :].copy()
+            m.head = logits[r, -1].copy()
 
     # -- completion ----------------------------------------------------------------------------
     def complete(
@@ -337,21 +338,19 @@ class Recognizer:
             yield from streamer
 
     # -- shared post-processing ----------------------------------------------------------------
-    def ood_scores(self, tokens: np.ndarray, token_bits: np.ndarray, label_probs: np.ndarray) -> np.ndarray:
-        """The open-set gate's distance per image (see ``pixlm.runtime.novelty``): PNG length of
-        the image the tokens decode to, plus four numbers from the model's outputs."""
+    def ood_scores(self, tokens: np.ndarray, token_bits: np.ndarray, head: np.ndarray) -> np.ndarray:
+        """The open-set gate's score per image (see ``pixlm.runtime.novelty``): PNG length of the
+        image the tokens decode to, the per-token bits and the logits after the last image token."""
         assert self.gate is not None
         png = png_bits_per_pixel(np.stack([self.tokenizer.decode(t) for t in tokens]))
-        return self.gate.score(features(token_bits, label_probs, png, self.pixels_per_token))
+        return self.gate.score(gate_inputs(token_bits, head, self.n_codes, png, self.pixels_per_token))
 
-    def _results(
-        self, tokens: np.ndarray, label_logits: np.ndarray, logp: np.ndarray, nll_map: bool
-    ) -> list[Result]:
+    def _results(self, tokens: np.ndarray, head: np.ndarray, logp: np.ndarray, nll_map: bool) -> list[Result]:
         nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] / LN2  # (B, N) bits
-        probs = np.stack([softmax(z) for z in label_logits]) if len(self.labels) else None
+        probs = np.stack([softmax(z) for z in head[:, self.n_codes + 1 :]]) if len(self.labels) else None
         known, ood = np.ones(len(tokens), bool), [None] * len(tokens)
         if self.gate is not None:
-            scores = self.ood_scores(tokens, nll, probs)
+            scores = self.ood_scores(tokens, nll, head)
             known, ood = scores <= self.gate.threshold, scores.tolist()
         k = max(1, nll.shape[1] // 10)
         peak = np.partition(nll, -k, axis=1)[:, -k:].mean(1) / self.pixels_per_token

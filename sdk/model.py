@@ -246,13 +246,15 @@ class PixLM(nn.Module):
         return pix, lab, lab_logits
 
     @torch.no_grad()
-    def analyze(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N) image tokens -> label probabilities (B, L), per-token NLL in bits (B, N)."""
+    def analyze(self, tokens: torch.Tensor, head: bool = False) -> tuple[torch.Tensor, ...]:
+        """(B, N) image tokens -> label probabilities (B, L), per-token NLL in bits (B, N), and
+        with ``head`` the logits after the last image token (B, vocab), the open-set gate's input."""
         logits, _ = self(self.with_bos(tokens))
         N = tokens.shape[1]
         logp = F.log_softmax(self.code_logits(logits[:, :N]).float(), dim=-1)
         nll = -logp.gather(-1, tokens[..., None])[..., 0] / math.log(2)
-        return F.softmax(self.label_logits(logits[:, N]).float(), dim=-1), nll
+        probs = F.softmax(self.label_logits(logits[:, N]).float(), dim=-1)
+        return (probs, nll, logits[:, N].float()) if head else (probs, nll)
 
     @torch.no_grad()
     def generate(

@@ -62,18 +62,20 @@ def image_scores(
 ) -> dict[str, np.ndarray]:
     """Everything the studies score images with, from one forward pass per batch.
 
-    ``bits``: per-token NLL (B, N); ``probs``: label probabilities (B, L); ``png``: PNG bits per
-    pixel of the image the tokens decode to; ``features``: mean-pooled middle-layer activations.
-    ``desc`` names the progress bar (a terminal only; it vanishes when done).
+    ``bits``: per-token NLL (B, N); ``probs``: label probabilities (B, L); ``head``: the logits after
+    the last image token (B, V); ``png``: PNG bits per pixel of the image the tokens decode to;
+    ``features``: mean-pooled middle-layer activations. ``desc`` names the progress bar (a
+    terminal only; it vanishes when done).
     """
     model.eval()
-    out: dict[str, list] = {"bits": [], "probs": [], "png": [], "features": []}
+    out: dict[str, list] = {"bits": [], "probs": [], "head": [], "png": [], "features": []}
     with bar(desc=desc, total=len(images), leave=False, unit="img") as progress:
         for i in range(0, len(images), batch_size):
             tokens = torch.from_numpy(tok.encode_prepared(images[i : i + batch_size]))
-            probs, bits = model.analyze(tokens)
+            probs, bits, head = model.analyze(tokens, head=True)
             out["bits"].append(bits.numpy())
             out["probs"].append(probs.numpy())
+            out["head"].append(head.numpy())
             out["features"].append(model.features(tokens, layer).numpy())
             out["png"].append(novelty.png_bits_per_pixel(np.stack([tok.decode(t) for t in tokens.numpy()])))
             progress.update(len(tokens))
@@ -95,8 +97,14 @@ def features_of(
 
 
 def gate_features(s: dict[str, np.ndarray], tok: Tokenizer) -> np.ndarray:
-    """The runtime's open-set features (``pixlm.runtime.novelty.FEATURES``) from ``image_scores``."""
+    """The runtime's open-set summary features (``pixlm.runtime.novelty.FEATURES``) from
+    ``image_scores``."""
     return novelty.features(s["bits"], s["probs"], s["png"], tok.config.patch**2)
+
+
+def gate_inputs(s: dict[str, np.ndarray], tok: Tokenizer) -> novelty.GateInputs:
+    """What the runtime's open-set gate reads (summary and head), from ``image_scores``."""
+    return novelty.gate_inputs(s["bits"], s["head"], tok.n_codes, s["png"], tok.config.patch**2)
 
 
 # -- files -------------------------------------------------------------------------------------

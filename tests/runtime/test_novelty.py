@@ -16,7 +16,7 @@ from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.data import load_fashion_mnist
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, BundleWarning, manifest_sha256
-from pixlm.runtime.novelty import FEATURES, OODGate, png_bits_per_pixel
+from pixlm.runtime.novelty import FEATURES, GateInputs, OODGate, png_bits_per_pixel
 from pixlm.runtime.recognizer import UNKNOWN, Recognizer
 
 
@@ -77,6 +77,51 @@ def test_gate_values_that_would_turn_it_off_are_refused(change, message):
         OODGate.from_dict({**gate.to_dict(), **change})
     far = np.full((1, len(FEATURES)), 1e3)
     assert OODGate(gate.mean, -np.eye(len(FEATURES)), gate.threshold, 0.95, 100).known(far).all()  # why
+
+
+def two_class_inputs(rng, n: int, vocab: int = 12) -> GateInputs:
+    """Head logits of two classes far apart along one direction, ordinary summary features."""
+    classes = rng.integers(0, 2, n)
+    head = rng.normal(size=(n, vocab))
+    head[:, 0] += np.where(classes == 1, 20.0, -20.0)
+    return GateInputs(rng.normal(size=(n, len(FEATURES))), head, classes)
+
+
+def test_head_distance_measures_to_the_nearest_class_not_the_overall_mean():
+    rng = np.random.default_rng(4)
+    gate = OODGate.fit(two_class_inputs(rng, 2000))
+    fresh = two_class_inputs(rng, 4000)
+    assert gate.known(fresh).mean() == pytest.approx(0.95, abs=0.02)
+    between = GateInputs(np.zeros((1, len(FEATURES))), np.zeros((1, 12)), None)  # the overall mean
+    assert not gate.known(between).any()  # typical summary, but like neither class: unknown
+    summary_only = OODGate.fit(two_class_inputs(rng, 2000).summary)
+    assert summary_only.known(between.summary).all()  # what the summary alone would call it
+    with pytest.raises(ValueError, match="also reads the head logits"):
+        gate.score(fresh.summary)
+
+
+def test_gate_with_head_round_trips_and_refuses_what_would_mute_it():
+    rng = np.random.default_rng(5)
+    gate = OODGate.fit(two_class_inputs(rng, 400))
+    d = json.loads(json.dumps(gate.to_dict()))
+    assert d["kind"] == "mahalanobis-v2"
+    again = OODGate.from_dict(d, vocab=12)
+    x = two_class_inputs(rng, 50)
+    assert np.allclose(gate.score(x), again.score(x), atol=1e-4)
+    head = d["head"]
+    for change, message in [
+        ({"scale": [[1.0, 0.0], [1.0, 1.0]]}, "sd > 0"),
+        ({"scale": [[1.0, 1.0]]}, "scale must be"),
+        ({"head": {**head, "project": np.zeros_like(head["project"]).tolist()}}, "rank-deficient"),
+        ({"head": {**head, "means": [[float("nan")] * len(head["means"][0])]}}, "non-finite"),
+        ({"head": {"project": head["project"]}}, "head: missing"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            OODGate.from_dict({**d, **change}, vocab=12)
+    with pytest.raises(ValueError, match="12 rows, the model 267 logits"):
+        OODGate.from_dict(d, vocab=267)
+    old = OODGate.fit(rng.normal(size=(100, len(FEATURES)))).to_dict()  # a bundle before version 0.7.0
+    assert old["kind"] == "mahalanobis-v1" and OODGate.from_dict(old).head is None
 
 
 def copy_with_manifest(tiny_bundle, tmp_path, change):

@@ -201,7 +201,7 @@ def test_prefix_memory_owns_its_arrays(rec, frames):
     for m in memory:
         for k, v in m.past:
             assert k.base is None and v.base is None and k.shape[0] == 1
-        assert m.label_logits.base is None
+        assert m.head.base is None
 
 
 def test_a_looped_file_plays_every_pass_when_its_lane_is_full_at_its_end(rec, tmp_path):
