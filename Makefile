@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
-DEFAULT_BUNDLE = $$($(BIN)/python -c 'from pixlm.runtime.recognizer import default_bundle_dir as d; print(d())')
+DEFAULT_BUNDLE = $$($(BIN)/python -c 'from pixlm.runtime.defaults import default_bundle_dir as d; print(d())')
 
 SCENE_BUNDLE := build/vtest-scene
 DEMO_OUT := out

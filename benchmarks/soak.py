@@ -9,7 +9,7 @@ paced at its frame rate and looped, through the real CLI with ``--grid 3x3``. Ev
 process's RSS, threads and open file descriptors are read from /proc. At the end the run gets
 SIGINT, and the JSON Lines are checked.
 
-Goals (issue 11), each a pass/fail line:
+Goals, each a pass/fail line:
 
 * RSS growth <= 20 MB from the end of the warm-up (first 3 minutes) to the end;
 * no thread or descriptor leak: the counts at the end, with every camera up, are those after the
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from cameras import RTSP_SERVER, SYSTEM_PYTHON, free_port, start_process  # noqa: E402
 
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+from pixlm.runtime.defaults import VTEST  # noqa: E402
+
 PIXLM = str(Path(sys.executable).parent / "pixlm")
 REGIONS = 9  # --grid 3x3
 

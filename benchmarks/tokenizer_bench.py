@@ -16,9 +16,8 @@ import cv2
 import numpy as np
 
 from pixlm.palette import fit_palette
+from pixlm.runtime.defaults import VTEST
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
-
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
 def frames(n: int = 60) -> list[np.ndarray]:

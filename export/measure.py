@@ -11,9 +11,8 @@ import time
 import numpy as np
 
 from pixlm.progress import bar
-from pixlm.runtime import novelty
+from pixlm.runtime import novelty, scoring
 from pixlm.runtime.engine import OrtEngine
-from pixlm.runtime.recognizer import LN2, log_softmax
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -26,18 +25,16 @@ def held_out_pass(
     desc: str = "held-out pass",
 ) -> tuple[float, novelty.GateInputs]:
     """One pass over held-out ``seqs`` (B, N+1): label accuracy, and the open-set gate's inputs of
-    every image, computed as the runtime computes them (``pixlm.runtime.novelty.gate_inputs``).
-    ``desc`` names the progress bar."""
-    n_codes, ppt = tokenizer.n_codes, tokenizer.config.patch**2
+    every image, computed as the runtime computes them (``pixlm.runtime.scoring``, the recognizer's
+    scoring). ``desc`` names the progress bar."""
     parts: list[novelty.GateInputs] = []
     with bar(desc=desc, total=len(seqs), leave=False, unit="img") as progress:
         for i in range(0, len(seqs), batch_size):
             batch = seqs[i : i + batch_size]
             logits, _ = engine.prefill(batch)
-            logp = log_softmax(logits[:, :-1, :n_codes])  # the runtime's own post-processing
-            bits = -np.take_along_axis(logp, batch[:, 1:, None], -1)[..., 0] / LN2
-            png = novelty.png_bits_per_pixel(np.stack([tokenizer.decode(t) for t in batch[:, 1:]]))
-            parts.append(novelty.gate_inputs(bits, logits[:, -1], n_codes, png, ppt))
+            logp = scoring.log_softmax(logits[:, :-1, : tokenizer.n_codes])
+            bits = scoring.token_bits(logp, batch[:, 1:])
+            parts.append(scoring.gate_inputs_of(batch[:, 1:], bits, logits[:, -1], tokenizer))
             progress.update(len(batch))
     inputs = novelty.GateInputs(
         *(np.concatenate([getattr(p, k) for p in parts]) for k in ("summary", "head", "classes"))

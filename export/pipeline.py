@@ -423,7 +423,7 @@ def recommend_cpu(rows: list[Row]) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """The summary table, Markdown so it pastes into the README."""
+    """The summary table, Markdown so it pastes into docs/export.md."""
 
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)

@@ -15,7 +15,7 @@ because the huge mask constant and the Softmax inputs wreck MinMax calibration r
   exporter measures how far (``prefix_reuse_max_abs_logit_diff`` in the manifest). The static QDQ
   file is exact under reuse.
 
-What else was measured on the shipped model (issue 12, ORT 1.32, AVX-512 VNNI, 1 thread, best-of
+What else was measured on the shipped model (ORT 1.32, AVX-512 VNNI, 1 thread, best-of
 CPU time at batch 16, relative to that run's plain-attention fp32 file) and not kept, so the
 next attempt starts from numbers: dynamic INT8 of *all* MatMuls, attention products included
 (``MatMulConstBOnly: False``): 1.51x vs 1.50x weight-only on the plain graph, 1.73x vs 1.79x on the

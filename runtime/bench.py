@@ -37,11 +37,11 @@ import click
 import cv2
 import numpy as np
 
+from pixlm.runtime.defaults import VTEST
 from pixlm.runtime.prefix_reuse import ReusePolicy
 from pixlm.runtime.recognizer import Recognizer
 from pixlm.runtime.stream import Streamer, grid_regions
 
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 LIBRARIES = "import numpy, cv2, onnxruntime"  # the floor: what any pixlm runtime process loads
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from pixlm.runtime import regions
-from pixlm.runtime.recognizer import BACKENDS, default_bundle_dir
+from pixlm.runtime.defaults import default_bundle_dir
+from pixlm.runtime.recognizer import BACKENDS
 
 
 class _Finite(click.ParamType):
@@ -306,7 +307,7 @@ def run(
           --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm --snapshots snaps/
     \b
     Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
-    --serve page in one JSON schema (README, "Events out").
+    --serve page in one JSON schema (docs/runtime.md, "Events out").
     """
     outputs = None
     video_sink = server = None

@@ -30,7 +30,7 @@ SCHEMA = "pixlm-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-OPSET = 17  # pinned; see README "ONNX contract"
+OPSET = 17  # pinned; see docs/export.md, "The ONNX contract"
 ATOL_FP32 = 1e-4  # ONNX Runtime vs PyTorch, max |delta logits|
 
 INPUT_IDS = "input_ids"

@@ -14,7 +14,7 @@ to its first changed token is what a full recompute would produce: reuse is exac
 only decides how much work to skip. It used to put every partial region in one call from the
 batch's smallest j: on ``vtest.avi`` (people walking, 2x2 grid) a region keeps 30% of its tokens
 on average, but the smallest j of four regions is about 5 of 196, so a call of four regions skipped
-3% of the work and paid for the copies (0.79x at batch 16 in issue 12). The policy instead groups
+3% of the work and paid for the copies (0.79x at batch 16 in `pixlm bench`). The policy instead groups
 regions of similar j, as long as the saved positions outweigh the cost of another engine call, and
 sends regions with little to keep into the full pass with the new ones.
 """

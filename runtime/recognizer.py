@@ -11,7 +11,8 @@
 
 Recognition is the model's next token after ``[BOS, image tokens]`` restricted to the label
 tokens; the anomaly map is each image token's negative log-likelihood in bits, both from one
-forward pass. Backends all sit behind the ``Engine`` interface (``pixlm.runtime.engine``):
+forward pass (the arithmetic, shared with the exporter, is ``pixlm.runtime.scoring``). Backends
+all sit behind the ``Engine`` interface (``pixlm.runtime.engine``):
 
     ========== ===========================================================================
     ort-cpu    ONNX Runtime on the CPU (the bundle's recommended CPU file, INT8 by default)
@@ -25,82 +26,49 @@ forward pass. Backends all sit behind the ``Engine`` interface (``pixlm.runtime.
 
 from __future__ import annotations
 
-import math
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from pixlm.runtime import defaults, scoring
 from pixlm.runtime import manifest as mf
-from pixlm.runtime.bundle import Bundle, BundleError, check_engine, sha256_of, warn
+from pixlm.runtime.bundle import Bundle, BundleError, check_engine, warn
 from pixlm.runtime.engine import KV, Engine, OrtEngine
-from pixlm.runtime.novelty import OODGate, gate_inputs, png_bits_per_pixel
+from pixlm.runtime.novelty import OODGate
 from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, first_change
+from pixlm.runtime.scoring import Result
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-LN2 = math.log(2.0)
-UNKNOWN = "unknown"  # the label of an input the bundle's open-set gate rejects
+
+# Names whose home moved: still importable from here for one version, with a DeprecationWarning.
+# (``Result``, the type ``predict`` returns, lives in pixlm.runtime.scoring and is imported here.)
+_MOVED = {
+    "LN2": scoring,
+    "UNKNOWN": scoring,
+    "log_softmax": scoring,
+    "softmax": scoring,
+    "default_bundle_dir": defaults,
+}
 
 
-def default_bundle_dir() -> Path:
-    """Where the shipped model's bundle lives: ``$PIXLM_HOME/default-<version>-<model hash>``.
-
-    ``PIXLM_HOME`` defaults to ``~/.cache/pixlm``. The version and the first 8 hex digits of the
-    shipped model file's SHA-256 in the name mean a new shipped model never picks up the bundle of
-    an old one, even between releases (hashing the 4 MB file takes a few milliseconds).
-    """
-    from pixlm import __version__
-
-    name = f"default-{__version__}"
-    model = Path(str(resources.files("pixlm") / "models" / "fashion-mnist.pt"))
-    if model.is_file():  # a runtime-only deployment may have left the checkpoint out
-        name += "-" + sha256_of(model)[:8]
-    return Path(os.environ.get("PIXLM_HOME", "~/.cache/pixlm")).expanduser() / name
+def __getattr__(name: str):  # PEP 562
+    if name in _MOVED:
+        home = _MOVED[name].__name__
+        warnings.warn(
+            f"pixlm.runtime.recognizer.{name} moved to {home}.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_MOVED[name], name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BackendUnavailable(RuntimeError):
     """The asked-for backend's library or device is missing on this machine."""
-
-
-@dataclass
-class Result:
-    """What the model says about one image (or region)."""
-
-    label: str
-    label_index: int
-    score: float  # probability of ``label`` among the label tokens
-    top_k: list[tuple[str, float]]
-    anomaly: float  # mean negative log-likelihood of the image, bits per pixel
-    anomaly_peak: float = 0.0  # the same over its most surprising tenth of tokens (small objects)
-    nll_map: np.ndarray | None = None  # (grid rows, grid cols) bits per token, when asked for
-    timings: dict[str, float] = field(default_factory=dict)  # ms: tokenize, infer, post
-    reused_tokens: int = 0  # prefix reuse: tokens whose KV came from the previous frame
-    known: bool = True  # False: out of distribution; ``label`` is then "unknown" (top_k keeps the guesses)
-    ood_score: float | None = None  # the open-set gate's distance (None: no gate); see pixlm.runtime.novelty
-
-    def describe(self) -> str:
-        """'Bag 0.97'; 'unknown' for an input the open-set gate rejected; '' for a label-free model
-        (a scene model: only its anomaly score means something). For the overlay and stdout."""
-        if not self.label or not self.known:
-            return self.label
-        return f"{self.label} {self.score:.2f}"
-
-    def to_dict(self) -> dict:
-        """The JSON form (JSON Lines schema, see README)."""
-        return {
-            "label": self.label,
-            "known": self.known,
-            "score": round(self.score, 6),
-            "top_k": [[name, round(p, 6)] for name, p in self.top_k],
-            "anomaly": round(self.anomaly, 6),
-            "anomaly_peak": round(self.anomaly_peak, 6),
-            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
-            "reused_tokens": self.reused_tokens,
-        }
 
 
 class Recognizer:
@@ -163,7 +131,7 @@ class Recognizer:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if not isinstance(bundle, Bundle):
-            path = Path(bundle) if bundle is not None else default_bundle_dir()
+            path = Path(bundle) if bundle is not None else defaults.default_bundle_dir()
             if bundle is None and not (path / "manifest.json").exists():
                 raise BundleError(
                     f"no default bundle at {path}: run `make demo` or `pixlm-export -o {path}`, "
@@ -200,7 +168,7 @@ class Recognizer:
         b = tokens.shape[0]
         ids = np.concatenate([np.full((b, 1), self.tokenizer.bos, np.int64), tokens], axis=1)
         logits, _ = self.engine.prefill(ids)
-        return logits[:, -1].copy(), log_softmax(logits[:, :-1, : self.n_codes])
+        return logits[:, -1].copy(), scoring.log_softmax(logits[:, :-1, : self.n_codes])
 
     def predict(self, image: np.ndarray, nll_map: bool = False) -> Result:
         """One image -> :class:`Result`."""
@@ -278,7 +246,7 @@ class Recognizer:
             memory[i] = Prefix(
                 tokens[i].copy(),
                 _own_rows(present, r),
-                log_softmax(logits[r, :-1, : self.n_codes]),
+                scoring.log_softmax(logits[r, :-1, : self.n_codes]),
                 logits[r, -1].copy(),
             )
 
@@ -298,7 +266,7 @@ class Recognizer:
             m = memory[i]
             m.tokens = tokens[i].copy()
             m.past = _own_rows(present, r)
-            m.logp = np.concatenate([m.logp[: j + 1], log_softmax(logits[r, :-1, : self.n_codes])])
+            m.logp = np.concatenate([m.logp[: j + 1], scoring.log_softmax(logits[r, :-1, : self.n_codes])])
             m.head = logits[r, -1].copy()
 
     # -- completion ----------------------------------------------------------------------------
@@ -342,12 +310,12 @@ class Recognizer:
         """The open-set gate's score per image (see ``pixlm.runtime.novelty``): PNG length of the
         image the tokens decode to, the per-token bits and the logits after the last image token."""
         assert self.gate is not None
-        png = png_bits_per_pixel(np.stack([self.tokenizer.decode(t) for t in tokens]))
-        return self.gate.score(gate_inputs(token_bits, head, self.n_codes, png, self.pixels_per_token))
+        return self.gate.score(scoring.gate_inputs_of(tokens, token_bits, head, self.tokenizer))
 
     def _results(self, tokens: np.ndarray, head: np.ndarray, logp: np.ndarray, nll_map: bool) -> list[Result]:
-        nll = -np.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0] / LN2  # (B, N) bits
-        probs = np.stack([softmax(z) for z in head[:, self.n_codes + 1 :]]) if len(self.labels) else None
+        nll = scoring.token_bits(logp, tokens)  # (B, N)
+        labels = head[:, self.n_codes + 1 :]
+        probs = np.stack([scoring.softmax(z) for z in labels]) if len(self.labels) else None
         known, ood = np.ones(len(tokens), bool), [None] * len(tokens)
         if self.gate is not None:
             scores = self.ood_scores(tokens, nll, head)
@@ -361,7 +329,7 @@ class Recognizer:
             best = int(order[0]) if len(order) else -1
             out.append(
                 Result(
-                    label=(self.labels[best] if known[i] else UNKNOWN) if best >= 0 else "",
+                    label=(self.labels[best] if known[i] else scoring.UNKNOWN) if best >= 0 else "",
                     label_index=best if known[i] else -1,
                     score=float(probs[i, best]) if best >= 0 else 0.0,
                     top_k=[(self.labels[k], float(probs[i, k])) for k in order],
@@ -379,17 +347,6 @@ def _own_rows(present: list[KV], r: int) -> list[KV]:
     """Row ``r`` of every layer's KV, copied: a view would keep the whole batch's arrays alive for as
     long as the region is remembered (all regions of a batch pinned 16 caches each)."""
     return [(k[r : r + 1].copy(), v[r : r + 1].copy()) for k, v in present]
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    """Over the last axis, in float32 (the logits' precision; float64 doubled the post-processing)."""
-    z = x - x.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x.astype(np.float64) - x.max())
-    return e / e.sum()
 
 
 def _why_no_gate(bundle: Bundle, file_key: str, unknown: bool) -> str:

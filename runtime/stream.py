@@ -23,15 +23,33 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from pixlm.runtime.engine import Engine
 from pixlm.runtime.lanes import Lanes
 from pixlm.runtime.prefix_reuse import Prefix
-from pixlm.runtime.recognizer import Recognizer, Result
 from pixlm.runtime.regions import Region, check_grid, fit_regions, rois_per_source
 from pixlm.runtime.regions import grid_regions as grid_regions  # its home is regions.py; old imports work
+from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
+from pixlm.runtime.tokenizer import Tokenizer
+
+
+class Predictor(Protocol):
+    """What a Streamer uses of its recognizer, a ``pixlm.runtime.recognizer.Recognizer``. Named here
+    so that this module need not import the recognizer, whose ``stream`` method builds a Streamer."""
+
+    tokenizer: Tokenizer
+    engine: Engine
+    stats: dict[str, int]  # frames, reuse_hits, tokens_total, tokens_saved: for the metrics line
+
+    def predict_tokens(self, tokens: np.ndarray, nll_map: bool = False) -> list[Result]: ...
+
+    def predict_tokens_reusing(
+        self, tokens: np.ndarray, memory: list[Prefix | None], nll_map: bool = False
+    ) -> list[Result]: ...
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
@@ -39,7 +57,7 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
 
 
 # What --anomaly-threshold compares, by name: the region's mean surprise, or the mean of its most
-# surprising tenth of tokens (better for small objects: README, "A static camera's scene").
+# surprising tenth of tokens (better for small objects: docs/studies.md, "A static camera's scene").
 ANOMALY_SCORES = {"mean": "anomaly", "peak": "anomaly_peak"}
 
 
@@ -64,7 +82,7 @@ class FrameResult:
     fps: float | None = None  # the source's own frame rate, when it has one (a video file)
 
     def records(self) -> list[dict]:
-        """JSON Lines records, one per region (schema in README)."""
+        """JSON Lines records, one per region (schema in docs/runtime.md)."""
         out = []
         for rr in self.regions:
             out.append(
@@ -99,7 +117,7 @@ class Metrics:
         self.frames: dict[str, int] = {}
         self.latency: deque[float] = deque(maxlen=2048)  # bounded: streams run for days
 
-    def line(self, sources: Sequence[Source], rec: Recognizer) -> str:
+    def line(self, sources: Sequence[Source], rec: Predictor) -> str:
         dt = max(time.monotonic() - self.t0, 1e-9)
         n = max(sum(self.frames.values()), 1)
         stages = " ".join(f"{k} {v / n:.2f}" for k, v in self.ms.items())
@@ -133,6 +151,8 @@ class _Prepared:
 class Streamer:
     """Iterate over ``FrameResult`` from several sources. Use as a context manager.
 
+    ``recognizer``: a ``Recognizer``; :class:`Predictor` names what is used of it. ``rec.stream(...)``
+    takes the same arguments and iterates over a Streamer.
     ``rois``: regions (x, y, w, h) for every source, or ``{source: [(x, y, w, h), ...]}`` keyed by
     URI or by name in results (``rois_per_source``: an unknown key is refused here; a source
     without one reads the whole frame); ``grid``: (rows, cols) tiles instead; neither: the whole
@@ -145,7 +165,7 @@ class Streamer:
 
     def __init__(
         self,
-        recognizer: Recognizer,
+        recognizer: Predictor,
         sources: Sequence[str],
         *,
         rois: Sequence[tuple[int, int, int, int]] | dict | None = None,

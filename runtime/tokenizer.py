@@ -237,7 +237,7 @@ def _stretch(image: np.ndarray, height: int, width: int, sampling: str) -> np.nd
 
     INTER_AREA over a 1280x720 frame reads every pixel (about 3 ms); bilinear sampling onto a
     grid 8x finer than the target, then INTER_AREA, costs about 0.4 ms and stays within half a
-    grey level of it on average on real video (README, "Tokenizer speed").
+    grey level of it on average on real video (docs/training.md, "Tokenizer").
     """
     if image.shape[:2] == (height, width):
         return np.ascontiguousarray(image)

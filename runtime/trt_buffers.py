@@ -1,6 +1,6 @@
 """GPU memory for the TensorRT engine: allocated once, KV cache kept on the device between calls.
 
-Design (issue 11, B4; it cannot be timed here, no GPU with TensorRT is lent)::
+Design (not yet timed: the machines it was written on have no GPU with TensorRT)::
 
     init:  one device buffer per I/O tensor at the largest shape any profile admits
            KV: two sets A and B (ping-pong), each layer's key and value (B_max, nh, T, hs)

@@ -1,6 +1,6 @@
 """pixlm: read images as a language.
 
-Layers (imports point one way, see README): ``pixlm.runtime`` (numpy, OpenCV, ONNX Runtime; no
+Layers (imports point one way, see docs/architecture.md): ``pixlm.runtime`` (numpy, OpenCV, ONNX Runtime; no
 torch) <- ``pixlm`` (this package, sdk/: model, training, evaluation; torch) <- ``pixlm.export``.
 Importing ``pixlm`` itself loads nothing heavy, so ``pixlm.runtime`` works without torch.
 ``from pixlm import Recognizer`` (or ``Streamer``) loads the runtime on first use, never torch.

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from pixlm.model import PixLM, PixLMConfig
+from pixlm.runtime.defaults import shipped_model
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 FORMAT = "pixlm-checkpoint"
@@ -24,8 +24,8 @@ VERSION = 1
 
 
 def default_checkpoint() -> Path:
-    """The shipped Fashion-MNIST model, installed with the package."""
-    return Path(str(resources.files("pixlm") / "models" / "fashion-mnist.pt"))
+    """The shipped Fashion-MNIST model, installed with the package (``pixlm.runtime.defaults``)."""
+    return shipped_model()
 
 
 def save(path: str | os.PathLike, model: PixLM, tokenizer: Tokenizer, **extra) -> None:

@@ -329,7 +329,7 @@ def study() -> None:
     """Measure what learning without labels buys, against baselines.
 
     Each study writes NAME.json and PNG figures to --out; --quick finishes in minutes with tiny
-    models (what `make test` runs). The README's numbers come from the full runs.
+    models (what `make test` runs). The numbers in docs/studies.md come from the full runs.
 
     \b
     Examples:

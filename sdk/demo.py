@@ -36,8 +36,8 @@ import numpy as np
 from pixlm import demo_media as media
 from pixlm.data import Dataset, load_fashion_mnist, parse_frame_range, split_range
 from pixlm.runtime import manifest as mf
+from pixlm.runtime.defaults import VTEST
 
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 SCENE_EXPORT = "pixlm-export sdk/models/vtest-scene.pt --data {video} --no-int8 --no-dynamic -o {out}"
 BAG = 8  # Fashion-MNIST's label index of the objects left on the street
 
@@ -209,14 +209,13 @@ def surveillance(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -
     clip, snaps = opts.out / "street-with-objects.mp4", opts.out / "snapshots"
     media.street_clip(opts.video, clip, first, count, objects, test.images[test.labels == BAG], rng)
     jsonl, mp4 = opts.out / "surveillance.jsonl", opts.out / "surveillance.mp4"
-    runtime_snapshots = "--snapshots" in _run_help()
     args = [str(clip), "--bundle", str(opts.scene_bundle), "--grid", "6x8", "--stride", str(opts.stride)]
     args += ["--anomaly-score", "peak", "--anomaly-threshold", str(opts.threshold)]
-    args += ["--jsonl", str(jsonl), "--save", str(mp4)] + (["--snapshots", str(snaps)] * runtime_snapshots)
+    args += ["--jsonl", str(jsonl), "--save", str(mp4), "--snapshots", str(snaps)]
     speed = pixlm_run(args, log)
     records = read_jsonl(jsonl)
     frames, boxes, flags, peaks = tile_table([r for r in records if r["type"] == "result"])
-    events, events_from = anomaly_events(records)
+    events = sorted((dict(r) for r in records if r["type"] == "anomaly"), key=lambda e: e["frame"])
     for e in events:  # an event is on the objects present then in a tile it overlaps
         e["objects"] = [o.name for o in objects if o.present(e["frame"]) and o.overlaps(e["region"]["xywh"])]
     held, flagged, before = score_objects(objects, frames, boxes, flags)
@@ -240,10 +239,7 @@ def surveillance(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -
     )
     plot_path = media.write_image(opts.out / "anomaly-score.png", plot)
     top = _top_events(events, opts.snapshots)
-    if runtime_snapshots:
-        shots = [str(snaps / Path(e[k]).name) for e in top for k in ("snapshot", "crop") if e.get(k)]
-    else:  # this runtime writes none: draw the top events from the clip's frames
-        shots = media.draw_snapshots(top, clip, objects, snaps)
+    shots = [str(snaps / Path(e[k]).name) for e in top for k in ("snapshot", "crop") if e.get(k)]
     return {
         "frames": len(frames),
         "tiles": len(boxes),
@@ -256,7 +252,6 @@ def surveillance(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -
         "objects_with_new_event": len({name for e in events for name in e["objects"]}),
         "false_events": false,
         "events": len(events),
-        "events_from": events_from,
         "clean_tiles_flagged": float(flags[~held].mean()),
         "truth": [asdict(o) for o in objects],
         "snapshots": shots,
@@ -353,10 +348,6 @@ def pixlm_exe() -> list[str]:
     return [exe] if exe else [sys.executable, "-c", "from pixlm.entry import main; main()"]
 
 
-def _run_help() -> str:
-    return subprocess.run([*pixlm_exe(), "run", "--help"], capture_output=True, text=True).stdout
-
-
 def pixlm_run(args: list[str], log: Callable[[str], None]) -> dict:
     """`pixlm run ARGS -q` with one metrics line, at the end, over the whole run: its frames/s and
     ms per frame by stage, and the wall time with start-up. A failed run raises its `Error:` line."""
@@ -379,21 +370,6 @@ def pixlm_run(args: list[str], log: Callable[[str], None]) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def anomaly_events(records: list[dict]) -> tuple[list[dict], str]:
-    """The runtime's ``anomaly`` event lines when it writes them; else the rising edges of each
-    region's ``anomaly_event`` in the result lines (false -> true), where those are emitted."""
-    events = [dict(r) for r in records if r.get("type") == "anomaly"]
-    if events:
-        return sorted(events, key=lambda e: e["frame"]), "runtime's event lines"
-    state: dict[str, bool] = {}
-    for r in sorted((r for r in records if r["type"] == "result"), key=lambda r: r["frame"]):
-        name = r["region"]["name"]
-        if r["anomaly_event"] and not state.get(name, False):
-            events.append({**r, "type": "anomaly", "snapshot": None, "crop": None})
-        state[name] = r["anomaly_event"]
-    return events, "result lines' rising edges"
 
 
 def _pcts(shares: list[float]) -> str:
@@ -435,7 +411,7 @@ def format_summary(s: dict) -> str:
         f"     {_pcts(v['flagged_without_object'])} of the frames it is not (people walking by); "
         f"{v['objects_with_new_event']} raised a new event (a tile already in one raises none)",
         f"   false events: {v['false_events']} of {v['events']} ({per_min:.0f} a minute over all tiles; "
-        f"events from the {v['events_from']}); clean tiles in an event: {v['clean_tiles_flagged']:.1%}",
+        f"events from the runtime's event lines); clean tiles in an event: {v['clean_tiles_flagged']:.1%}",
         "3. Open set: the Fashion-MNIST model on street regions",
         f"   'unknown': {o['unknown']:.1%} of {o['regions']} vtest.avi regions (2x2 grid); "
         f"known: {o['fashion_known']:.1%} of Fashion-MNIST report images",

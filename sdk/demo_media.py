@@ -6,7 +6,7 @@
                                                         + the item under the ROI, per frame
     vtest.avi frames --tinted bags pasted at known places and frame ranges--> street clip
                                                         + each object's box and frames
-    results --> contact sheet, completion grid, open-set panel, anomaly timeline, snapshots
+    results --> contact sheet, completion grid, open-set panel, anomaly timeline
 
 Everything is numpy + OpenCV (as the studies' figures), so nothing here needs torch or a
 plotting library. Clips are written to ``NAME.partial.mp4`` and renamed when finished.
@@ -397,35 +397,3 @@ def timeline(
                     )
         cv2.rectangle(img, (left, y0 - 1), (w - right, y0 + 4 * tiles), BLACK, 1)
     return img
-
-
-def snapshot(
-    frame: np.ndarray, xywh: Sequence[int], objects: Sequence[PastedObject], text: str
-) -> np.ndarray:
-    """An event's frame: the region in red, pasted objects outlined in white, a caption."""
-    img = frame.copy()
-    for obj in objects:
-        x, y, w, h = obj.box
-        cv2.rectangle(img, (x - 2, y - 2), (x + w + 1, y + h + 1), WHITE, 1)
-    x, y, w, h = xywh
-    cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), RED, 2)
-    (tw, th), _ = cv2.getTextSize(text, FONT, 0.6, 1)
-    cv2.rectangle(img, (4, 4), (tw + 12, th + 14), BLACK, -1)
-    _text(img, text, (8, th + 8), WHITE, 0.6)
-    return img
-
-
-def draw_snapshots(
-    events: Sequence[dict], clip: Path, objects: Sequence[PastedObject], folder: Path
-) -> list[str]:
-    """A JPEG per event (JSON Lines records plus ``objects``, the names it found) from the clip's
-    frames: the region in red, the objects present outlined in white, a caption."""
-    frames = read_video_frames(clip, {e["frame"] for e in events})
-    out = []
-    for e in events:
-        what = ", ".join(e["objects"]) or "false event"
-        text = f"frame {e['frame']} {e['region']['name']}: peak {e['anomaly_peak']:.2f} b/px ({what})"
-        present = [o for o in objects if o.present(e["frame"])]
-        image = snapshot(frames[e["frame"]], e["region"]["xywh"], present, text)
-        out.append(str(write_image(folder / f"event-{e['frame']:04d}-{e['region']['name']}.jpg", image)))
-    return out

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from pixlm.runtime import defaults
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+VTEST = Path(defaults.VTEST)
 BIN = Path(sys.executable).parent
 
 # Small enough to train in ~20 s on 2 cores, good enough (~70%) for parity and gate tests.

@@ -2,7 +2,7 @@
 
 One module per study; each trains what it needs, scores it, writes ``NAME.json`` and PNG figures
 into an output folder, and has a ``quick`` mode that finishes in minutes (smoke-tested by
-``make test``). The full runs' numbers and figures live in ``docs/figures/`` and the README.
+``make test``). The full runs' numbers and figures live in ``docs/figures/`` and ``docs/studies.md``.
 
     one_class   one-class anomaly detection on Fashion-MNIST (AUROC per class, mean)
     ood         the shipped model's open-set gate: "unknown" for digits, street crops, noise

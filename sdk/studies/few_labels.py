@@ -9,7 +9,7 @@
     --> accuracy on all 10,000 test images, mean ± sd over the draws
 
 All three see the same labelled images with the same augmentation (random shifts of up to 2 px).
-The CNN is the two-conv-block, 420K-parameter network a user would otherwise pick (README).
+The CNN is the two-conv-block, 420K-parameter network a user would otherwise pick (docs/performance.md).
 """
 
 from __future__ import annotations

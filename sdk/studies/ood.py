@@ -40,6 +40,7 @@ import numpy as np
 from pixlm import checkpoint
 from pixlm.data import Dataset, held_out_splits, load_fashion_mnist, read_frames
 from pixlm.runtime.background import BackgroundModel
+from pixlm.runtime.defaults import VTEST
 from pixlm.runtime.novelty import GateInputs, HeadDistance, OODGate
 from pixlm.runtime.stream import grid_regions
 from pixlm.studies.common import (
@@ -53,7 +54,6 @@ from pixlm.studies.common import (
     write_png,
 )
 
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 # Gates, each fitted on in-distribution images only (mean, covariance, threshold): "summary" is the
 # runtime's gate up to version 0.6.0 (five numbers per image), "head" the class-conditional distance
 # of the logits after the last image token, "gate" both (the runtime's gate since 0.7.0),

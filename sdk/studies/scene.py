@@ -27,11 +27,11 @@ import numpy as np
 from pixlm import checkpoint
 from pixlm.data import load_fashion_mnist, parse_frame_range, read_frames
 from pixlm.progress import above, bar
+from pixlm.runtime.defaults import VTEST
 from pixlm.runtime.stream import grid_regions
 from pixlm.studies.common import auroc, image_scores, line_plot, roc_curve, write_json, write_png
 from pixlm.train import TrainConfig, train
 
-VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 REGION_SCORES = ("pixlm mean", "pixlm top-10%", "pixlm max", "MOG2")
 
 

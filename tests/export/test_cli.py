@@ -135,7 +135,7 @@ def test_tensorrt_missing_is_explained(tiny_checkpoint, tmp_path):
 
 def test_publishing_over_a_bundle_never_leaves_it_missing(tmp_path, monkeypatch):
     """Replacing a bundle (--force): at no rename is OUT_DIR absent, and the new files are fsynced
-    before they are published (issue 11, B8)."""
+    before they are published."""
     from pixlm.export.bundle import publish
 
     out = tmp_path / "bundle"

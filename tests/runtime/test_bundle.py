@@ -101,7 +101,7 @@ def test_truncated_and_missing_files(bundle_dir):
         (lambda m: m[mf.K_MODEL].update(n_codes=3), "model n_codes 3"),
         (lambda m: m[mf.K_FILES][mf.FP32].update(path="../model.fp32.onnx"), "outside the bundle"),
         (lambda m: m[mf.K_FILES][mf.FP32].update(path="/etc/hostname"), "outside the bundle"),
-        # typed schema (issue 11, A3 and A4): each wrong type is one BundleError naming the field
+        # typed schema: each wrong type is one BundleError naming the field
         (lambda m: m.update({mf.K_FILES: list(m[mf.K_FILES].values())}), "'files' must be an object"),
         (lambda m: m.update({mf.K_LABELS: "0123456789"}), "'labels' must be a list of non-empty strings"),
         (lambda m: m[mf.K_LABELS].append("extra"), "11 labels, but model.n_labels is 10"),
@@ -194,7 +194,7 @@ def test_default_bundle_dir_names_version_and_model_hash(monkeypatch, tmp_path):
     from importlib import resources
 
     from pixlm import __version__
-    from pixlm.runtime.recognizer import default_bundle_dir
+    from pixlm.runtime.defaults import default_bundle_dir
 
     monkeypatch.setenv("PIXLM_HOME", str(tmp_path))
     model = resources.files("pixlm") / "models" / "fashion-mnist.pt"
@@ -203,7 +203,8 @@ def test_default_bundle_dir_names_version_and_model_hash(monkeypatch, tmp_path):
 
 
 def test_a_file_onnx_runtime_cannot_read_is_a_bundle_error(bundle_dir):
-    """A truncated model whose manifest size and sha256 were updated to match (issue 11, A3)."""
+    """A truncated model whose manifest size and sha256 were updated to match: the checksums pass,
+    and ONNX Runtime's refusal is a BundleError."""
     from pixlm.runtime.bundle import sha256_of
     from pixlm.runtime.recognizer import Recognizer
 

@@ -165,7 +165,7 @@ def test_pixlm_run_reports_refusals_on_the_console_and_counts_them_once(tiny_bun
 
 
 def verify(secret: bytes, body: bytes, header: str | None) -> bool:
-    """What a receiver does (the README shows the same lines)."""
+    """What a receiver does (docs/runtime.md shows the same lines)."""
     expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
     return header is not None and hmac.compare_digest(expected, header)
 

@@ -23,7 +23,7 @@ def test_engine_for_another_device_is_refused(device, version):
         check_engine_metadata(META, "m.engine", device=device, trt_version=version)
 
 
-# -- the engine's shape contract, obeyed by the runtime (issue 11, B2) ------------------------------
+# -- the engine's shape contract, obeyed by the runtime ----------------------------------------------
 import numpy as np  # noqa: E402
 
 from conftest import VTEST  # noqa: E402
@@ -98,7 +98,7 @@ def test_profile_rules_match_the_build_profiles():
     ],
 )
 def test_supported_version_ranges(what, version, supported, ok):
-    """TensorRT 10.x and cuda-python 12.x only; others refused with what to install (issue 11, B3)."""
+    """TensorRT 10.x and cuda-python 12.x only; others refused with what to install."""
     from pixlm.runtime.engine_trt import TensorRTUnavailable, check_version
 
     if ok:
@@ -110,7 +110,7 @@ def test_supported_version_ranges(what, version, supported, ok):
 
 @pytest.mark.parametrize("profile", ["prefill", "decode", "extend"])
 def test_parity_feeds_reproduce_the_full_forward(tiny_bundle, profile):
-    """trt_parity now checks every profile (issue 11, B5): its decode and extend feeds, a cache from
+    """trt_parity checks every profile (prefill, decode, extend): the decode and extend feeds, a cache from
     ONNX Runtime plus the rest of the image, give the full forward's last logits on ONNX Runtime."""
     from pixlm.data import load_fashion_mnist
     from pixlm.export.trt_parity import feeds
@@ -132,7 +132,7 @@ def test_parity_feeds_reproduce_the_full_forward(tiny_bundle, profile):
     assert np.allclose(got[:, -1], want[:, -1], atol=1e-4)
 
 
-# -- the TensorRT engine's memory, on a simulated TensorRT 10 / CUDA (issue 11, B4) -----------------
+# -- the TensorRT engine's memory, on a simulated TensorRT 10 / CUDA -------------------------------
 import trt_simulator  # noqa: E402
 
 from pixlm.runtime.engine import OrtEngine  # noqa: E402

@@ -17,7 +17,8 @@ from pixlm.data import load_fashion_mnist
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, BundleWarning, manifest_sha256
 from pixlm.runtime.novelty import FEATURES, GateInputs, OODGate, png_bits_per_pixel
-from pixlm.runtime.recognizer import UNKNOWN, Recognizer
+from pixlm.runtime.recognizer import Recognizer
+from pixlm.runtime.scoring import UNKNOWN
 
 
 def test_png_length_orders_images_by_complexity():

@@ -1,6 +1,6 @@
 """File outputs when the disk fills or the folder goes away, unique snapshot names, and retention.
 
-The policy under test (README, "What happens when an output fails"): a file output that cannot write
+The policy under test (docs/runtime.md, "What happens when an output fails"): a file output that cannot write
 (JSON Lines, snapshots, the overlay video) leaves no half-written or temporary file, is said once on
 the console, and counted; the stream goes on; and `pixlm run` ends with one `Error:` line naming the
 output and its count, exit status 1. The full disk is a real 64 KB tmpfs.
@@ -25,7 +25,7 @@ from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.runtime.outputs.events import source_slug
 from pixlm.runtime.outputs.jsonl import JsonlSink
 from pixlm.runtime.outputs.snapshots import SnapshotWriter
-from pixlm.runtime.recognizer import Result
+from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import source_names
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 

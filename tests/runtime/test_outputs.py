@@ -1,6 +1,6 @@
 """Events out, with real parts: snapshots on disk, a real HTTP receiver for webhooks, a real
 Mosquitto broker killed and restarted mid-run, the live view in a real headless Chromium, and
-/metrics scraped and parsed (issue 10)."""
+/metrics scraped and parsed."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from cameras import free_port
 from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.data import load_fashion_mnist
 from pixlm.runtime.outputs.events import EventTracker, source_slug
-from pixlm.runtime.recognizer import Result
+from pixlm.runtime.scoring import Result
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"

@@ -1,5 +1,5 @@
 """Property tests (hypothesis): the tokenizer, the region logic and the manifest loader hold for
-any input, not just the ones we thought of (issue 11, C)."""
+any input, not just the ones we thought of."""
 
 from __future__ import annotations
 

@@ -50,3 +50,30 @@ def test_import_loads_the_runtime_only_on_attribute_access(package, eager):
     code = LAZY.format(package=package, eager=eager)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize(
+    "name, home",
+    [
+        ("LN2", "pixlm.runtime.scoring"),
+        ("UNKNOWN", "pixlm.runtime.scoring"),
+        ("log_softmax", "pixlm.runtime.scoring"),
+        ("softmax", "pixlm.runtime.scoring"),
+        ("default_bundle_dir", "pixlm.runtime.defaults"),
+    ],
+)
+def test_a_moved_name_still_imports_from_the_recognizer_with_a_deprecation_warning(name, home):
+    import importlib
+
+    import pixlm.runtime.recognizer as recognizer
+
+    with pytest.warns(DeprecationWarning, match=f"recognizer.{name} moved to {home}.{name}"):
+        value = getattr(recognizer, name)
+    assert value is getattr(importlib.import_module(home), name)
+
+
+def test_result_still_imports_from_the_recognizer_whose_predictions_it_types():
+    from pixlm.runtime.recognizer import Result
+    from pixlm.runtime.scoring import Result as Home
+
+    assert Result is Home

@@ -164,8 +164,8 @@ class _CountingEngine:
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_no_engine_call_exceeds_the_batch_cap(tiny_bundle, reuse):
-    """A 4x5 grid and --batch 4 made engine calls of 20 regions (issue 11, A1); an engine's own
-    limit (a TensorRT profile's max batch) caps them too."""
+    """--batch caps the regions per engine call (a 4x5 grid and --batch 4 once made calls of 20
+    regions); an engine's own limit (a TensorRT profile's max batch) caps them too."""
     rec = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
     real = rec.engine
     for cap, engine_max, expect in ((4, None, 4), (16, 3, 3)):
@@ -186,14 +186,14 @@ def test_grids_too_fine_or_too_large_are_refused(rec):
 
 
 def test_top_k_below_one_is_refused(tiny_bundle):
-    """top_k=0 returned an empty label (issue 11, A9)."""
+    """top_k=0 is refused (it returned an empty label)."""
     with pytest.raises(ValueError, match="top_k must be at least 1"):
         Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", top_k=0)
 
 
 def test_prefix_memory_owns_its_arrays(rec, frames):
     """Each region's remembered KV cache and label logits are its own arrays, not views that keep a
-    whole batch's outputs alive (issue 11, B7)."""
+    whole batch's outputs alive."""
     regions = grid_regions(frames[0].shape[1], frames[0].shape[0], 2, 2)
     memory = [None] * len(regions)
     for f in frames[:3]:  # a first full prefill, then partial recomputes
@@ -208,7 +208,7 @@ def test_a_looped_file_plays_every_pass_when_its_lane_is_full_at_its_end(rec, tm
     """The worker stopped once every source had reached its end, even a file with passes left: at
     the end of a pass the status turns "eos" before the end marker is queued (an event sink runs in
     between), and a file whose lane was full then was taken as finished. `--loop 6` over 20,000
-    frames of vtest.avi ended after 4 passes (issue 12, section 5's memory run)."""
+    frames of vtest.avi ended after 4 passes (a memory run)."""
     cap = cv2.VideoCapture(str(VTEST))
     clip = tmp_path / "short.avi"
     out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (768, 576))

@@ -10,14 +10,14 @@ import numpy as np
 
 from pixlm.runtime.outputs.events import status_record
 from pixlm.runtime.outputs.jsonl import JsonlSink
-from pixlm.runtime.recognizer import Result
+from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import SourceEvent
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 
 
 def test_jsonl_stays_line_valid_under_concurrent_events_and_close(tmp_path):
     """Eight reader threads emit status events while the main thread writes results and then
-    closes the file; no thread may fail and every line must parse (issue 11, B1)."""
+    closes the file; no thread may fail and every line must parse."""
     sink = JsonlSink(tmp_path / "out.jsonl")
     result = Result("Bag", 8, 0.9, [("Bag", 0.9)], 0.3)
     regions = [RegionResult(Region(f"r{i}", 0, 0, 8, 8), result, False) for i in range(64)]

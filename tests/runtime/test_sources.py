@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from cameras import RTSP_SERVER, SYSTEM_PYTHON, free_port, has_rtsp_server
 
+from conftest import VTEST
 from pixlm.runtime.sources import Frame, Source, SourceError, SourceEvent, open_source
 
-CLIP = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # Debian opencv-doc: 768x576, 795 frames
+CLIP = str(VTEST)  # Debian opencv-doc: 768x576, 795 frames
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, src: Source | None = None) -> bool:
@@ -329,7 +330,7 @@ def test_password_is_redacted_from_the_source_name():
 
 def test_bad_images_in_a_folder_are_skipped_and_named(tmp_path):
     """A corrupt first image no longer rejects the folder; every unreadable image is named in a
-    'skipped' event, which `pixlm run` writes to the JSON Lines (issue 11, A7)."""
+    'skipped' event, which `pixlm run` writes to the JSON Lines."""
     write_pngs(tmp_path, 6)
     (tmp_path / "frame0.png").write_bytes(b"not a png")  # the first one
     (tmp_path / "frame3.png").write_bytes(b"")  # and one in the middle

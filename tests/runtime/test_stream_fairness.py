@@ -58,7 +58,7 @@ def test_lanes_keep_the_newest_live_frame_and_serve_sources_fairly():
 
 def test_a_file_lane_holds_a_batch_of_regions_not_a_batch_of_frames():
     """Bounded in frames, a 2x2 grid at batch 16 kept 16 decoded frames waiting (21 MB of
-    vtest.avi) for 4 frames' worth of engine calls (issue 12, section 5)."""
+    vtest.avi) for 4 frames' worth of engine calls (seen in a memory run over 20,000 frames)."""
     lanes = Lanes(depth=16)
     n = 0
     while lanes.has_room("file", live=False):

@@ -1,5 +1,5 @@
 """`pixlm study NAME --quick`: each study end to end on real data, in minutes (the full runs'
-numbers are in the README). Each asserts what its protocol must show even at this size."""
+numbers are in docs/studies.md). Each asserts what its protocol must show even at this size."""
 
 from __future__ import annotations
 
