@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from pixlm.data import load_fashion_mnist
 from pixlm.export.measure import best_seconds, matmul_peak_gflops, prefill_flops
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.io_spec import with_bos
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
     b = Bundle.load(a.bundle)
     tok = b.tokenizer
     tokens = tok.encode_prepared(load_fashion_mnist(split="test").images[:64])
-    seqs = np.concatenate([np.full((64, 1), tok.bos, dtype=np.int64), tokens], axis=1)
+    seqs = with_bos(tok.bos, tokens)
     flops = prefill_flops(b.model_config, seqs.shape[1])
     keys = [k for k, f in b.files.items() if f.format == mf.FORMAT_ONNX]
     print(f"{flops / 1e6:.0f} MFLOP per image; recommended for CPUs: {b.recommended('cpu')}\n")

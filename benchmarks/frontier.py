@@ -39,6 +39,7 @@ from pixlm.progress import bar
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.io_spec import with_bos
 from pixlm.studies import few_labels
 from pixlm.studies.common import write_png
 from pixlm.studies.few_labels import SmallCNN
@@ -116,7 +117,7 @@ def measure(bundles: list[Path], threads: int, rounds: int, cnn_epochs: int) -> 
     for root in bundles:
         b = Bundle.load(root)
         tokens = b.tokenizer.encode_prepared(test.images[:64])
-        seqs = np.concatenate([np.full((64, 1), b.tokenizer.bos, dtype=np.int64), tokens], axis=1)
+        seqs = with_bos(b.tokenizer.bos, tokens)
         mflop = prefill_flops(b.model_config, seqs.shape[1]) / 1e6
         name = root.name
         for key, f in b.files.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import manifest_sha256, sha256_of
+from pixlm.runtime.io_spec import DecoderIO
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -144,9 +145,7 @@ def build_manifest(
     producer: dict,
     io_extra: dict | None = None,
 ) -> dict:
-    n_layer = model_cfg["n_layer"]
-    from pixlm.export.onnx_export import dynamic_axes  # torch import: export side only
-
+    """The manifest (``pixlm.runtime.manifest`` keys); ``io_extra`` joins the I/O contract's record."""
     return {
         mf.K_SCHEMA: mf.SCHEMA,
         mf.K_SCHEMA_VERSION: mf.SCHEMA_VERSION,
@@ -159,14 +158,7 @@ def build_manifest(
             "first_label": tokenizer.n_codes + 1,
             "size": tokenizer.vocab_size,
         },
-        mf.K_IO: {
-            "inputs": mf.input_names(n_layer),
-            "outputs": mf.output_names(n_layer),
-            "opset": mf.OPSET,
-            "kv_layout": mf.KV_LAYOUT,
-            "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in dynamic_axes(n_layer).items()},
-            **(io_extra or {}),
-        },
+        mf.K_IO: {**DecoderIO.from_config(model_cfg).io_record(), **(io_extra or {})},
         mf.K_FILES: files,
         mf.K_METRICS: metrics,
         mf.K_RECOMMENDED: recommended,

@@ -1,7 +1,7 @@
-"""PixLM -> one self-contained ONNX file with a KV cache, per the contract in ``runtime/manifest``.
+"""PixLM -> one self-contained ONNX file with a KV cache, per the contract in ``runtime/io_spec``.
 
 Exporter: torch 2.13's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), pinned at
-opset ``manifest.OPSET`` = 17. Both torch exporters handle this model; this one was chosen because
+opset ``io_spec.OPSET`` = 17. Both torch exporters handle this model; this one was chosen because
 it writes opset 17 directly (LayerNormalization is native from 17, and TensorRT 10 parses 9..20),
 names nodes after module paths (``/m/blocks.0/attn/qkv/MatMul``, readable in Netron and in
 quantization reports), writes one file with no ``.onnx.data`` side file, and exports in about a
@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from pixlm.model import PixLM
-from pixlm.runtime import manifest as mf
+from pixlm.runtime.io_spec import OPSET, DecoderIO
 
 EXPORTER = "torchscript"  # recorded in the manifest's io section
 
@@ -49,26 +49,32 @@ class KVWrapper(torch.nn.Module):
         return tuple(out)
 
 
-def dynamic_axes(n_layer: int) -> dict[str, dict[int, str]]:
-    """Symbolic dimensions of every input and output (names from ``manifest``)."""
-    total = f"{mf.PAST} + {mf.SEQ}"
-    axes = {mf.INPUT_IDS: {0: mf.BATCH, 1: mf.SEQ}, mf.LOGITS: {0: mf.BATCH, 1: mf.SEQ}}
-    for i in range(n_layer):
-        axes[mf.past_key(i)] = axes[mf.past_value(i)] = {0: mf.BATCH, 2: mf.PAST}
-        axes[mf.present_key(i)] = axes[mf.present_value(i)] = {0: mf.BATCH, 2: total}
-    return axes
+def _dynamic_axes(n_layer: int) -> dict[str, dict[int, str]]:
+    return DecoderIO(n_layer, 0, 0).dynamic_axes()  # the axes do not depend on the head sizes
 
 
-def export_onnx(model: PixLM, path: str | os.PathLike, opset: int = mf.OPSET) -> Path:
+def __getattr__(name: str):  # PEP 562: moved to io_spec, importable here for one version
+    if name == "dynamic_axes":
+        warnings.warn(
+            "pixlm.export.onnx_export.dynamic_axes moved to pixlm.runtime.io_spec; use "
+            "DecoderIO.from_config(model_cfg).dynamic_axes()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _dynamic_axes
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def export_onnx(model: PixLM, path: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write ``model`` to ``path`` (one file) and check it with ``onnx.checker`` (full check)."""
     path = Path(path)
     cfg = model.cfg
     model = model.eval()
-    hs = cfg.d_model // cfg.n_head
+    spec = DecoderIO.from_config(cfg.to_dict())
     # Example inputs with batch 2, 3 new tokens, 4 cached: no dimension is 1 or equal to another,
     # so the tracer cannot specialise a symbolic size to a constant.
     ids = torch.randint(0, cfg.n_codes, (2, 3))
-    past = [torch.zeros(2, cfg.n_head, 4, hs) for _ in range(2 * cfg.n_layer)]
+    past = [torch.zeros(spec.kv_shape(2, 4)) for _ in spec.past_names]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -76,9 +82,9 @@ def export_onnx(model: PixLM, path: str | os.PathLike, opset: int = mf.OPSET) ->
             KVWrapper(model).eval(),  # eval: the exporter restores the wrapper's mode onto the model
             (ids, *past),
             str(path),
-            input_names=mf.input_names(cfg.n_layer),
-            output_names=mf.output_names(cfg.n_layer),
-            dynamic_axes=dynamic_axes(cfg.n_layer),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

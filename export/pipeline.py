@@ -1,9 +1,17 @@
 """The export, step by step: checkpoint -> ONNX -> validation -> INT8 + gate -> TensorRT -> bundle.
 
-Each step is a library function from a sibling module; :func:`run_export` calls them in order,
-reports one line per step through ``echo`` (``✓ onnx fp32  0.1s  model.fp32.onnx (0.2 MB)``),
-and returns the rows of the summary table. Errors propagate with their own types (ValueError
-subclasses for user errors, OSError for the file system); the CLI turns them into one line.
+::
+
+    run_export
+      load_checkpoint -> load_held_out -> export_fp32 -> quantize_int8 -> lint_tensorrt
+        -> build_engines (--tensorrt) -> benchmark -> write_bundle
+
+Each step is a function here over library functions from sibling modules; it reports one line
+through ``echo`` (``✓ onnx fp32  0.1s  model.fp32.onnx (0.2 MB)``). A file that makes it into the
+bundle is one :class:`ExportedFile`: its row of the summary table, its manifest entry, metrics and
+open-set gate. :func:`run_export` returns the rows. Errors propagate with their own types
+(ValueError subclasses for user errors, OSError for the file system); the CLI turns them into one
+line.
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ from pixlm.export.bundle import (
     write_manifest,
 )
 from pixlm.export.onnx_export import EXPORTER, export_onnx
+from pixlm.model import PixLM
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.io_spec import with_bos
 from pixlm.runtime.novelty import GateInputs, OODGate
+from pixlm.runtime.tokenizer import Tokenizer
 
 BENCH_ROUNDS = 3  # speed measurements per file, interleaved across files; the best one counts
 
@@ -106,12 +117,6 @@ def _mb(path: Path) -> str:
     return f"{path.name} ({path.stat().st_size / 1e6:.2f} MB)"
 
 
-def _sequences(tokenizer, images: np.ndarray) -> np.ndarray:
-    """Prepared images -> (B, N+1) int64: BOS, then the image tokens."""
-    tokens = tokenizer.encode_prepared(images)
-    return np.concatenate([np.full((len(tokens), 1), tokenizer.bos, dtype=np.int64), tokens], axis=1)
-
-
 def calibration_plan(data: str, train_config: dict | None) -> dict:
     """Which images the export fits on (gate, INT8 gate, recommendation) and which stay for reports.
 
@@ -169,6 +174,44 @@ def producer_versions(with_tensorrt: bool) -> dict:
     return versions
 
 
+@dataclass
+class ExportedFile:
+    """A file that made it into the bundle, with everything the manifest says about it."""
+
+    row: Row  # its line of the summary table; ``row.format`` is the file's key ("fp32", "int8", ...)
+    entry: dict  # manifest "files" entry: path, sha256, bytes, precision, format, ...
+    metrics: dict | None = None  # manifest "metrics" entry; None: nothing measured (an ungated engine)
+    gate: dict | None = None  # manifest "ood" entry: the open-set gate fitted on this file's outputs
+
+    @property
+    def key(self) -> str:
+        return self.row.format
+
+
+@dataclass
+class HeldOut:
+    """The images the export measures on, tokenized: ``seqs`` are BOS + tokens, (B, N+1) int64."""
+
+    images: Dataset  # the held-out split: accuracy, the INT8 gate, the open-set gates
+    plan: dict  # the manifest's "calibration" record: which images these are
+    seqs: np.ndarray  # every held-out image
+    validate: np.ndarray  # the first --validate-images of them: parity with PyTorch
+    calib: np.ndarray | None  # training images that calibrate static INT8 (None without --int8)
+
+
+@dataclass
+class ExportRun:
+    """What the steps after the data step share: the options, the step printer, the model, its
+    data and the staging folder that becomes the bundle."""
+
+    opts: ExportOptions
+    step: Steps
+    model: PixLM
+    tok: Tokenizer
+    data: HeldOut
+    stage: Path
+
+
 def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list[Row]:
     """Run every step into a staged folder that becomes ``opts.out_dir`` only if all pass."""
     out_dir = Path(opts.out_dir)
@@ -180,7 +223,26 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
     if opts.threads:
         torch.set_num_threads(opts.threads)
     step = Steps(echo)
+    model, tok, state = load_checkpoint(opts, step)
+    data = load_held_out(opts, tok, model.cfg.n_labels, state.get("train_config"), step)
+    with staged(out_dir, opts.force) as stage:
+        run = ExportRun(opts, step, model, tok, data, stage)
+        files = [export_fp32(run)]
+        files += quantize_int8(run, files[0])
+        source, lint = lint_tensorrt(run, files)
+        if opts.tensorrt:
+            files += build_engines(run, files, source)
+        if opts.bench_seconds > 0:
+            benchmark(run, files)
+        write_bundle(run, files, out_dir, tensorrt_lint={"source": source.name, **lint})
+    rows = [f.row for f in files]
+    for row in rows:
+        row.path = out_dir / row.path.name
+    return rows
 
+
+def load_checkpoint(opts: ExportOptions, step: Steps) -> tuple[PixLM, Tokenizer, dict]:
+    """The checkpoint to export (default: the shipped model): model, tokenizer, training state."""
     with step("checkpoint"):
         path = Path(opts.checkpoint) if opts.checkpoint else ckpt.default_checkpoint()
         model, tok, state = ckpt.load(path)
@@ -188,203 +250,230 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
         step.detail = (
             f"{path.name}: {cfg.n_layer} layers × {cfg.d_model}, {tok.n_tokens} tokens, {cfg.n_labels} labels"
         )
+    return model, tok, state
+
+
+def load_held_out(
+    opts: ExportOptions, tok: Tokenizer, n_labels: int, train_config: dict | None, step: Steps
+) -> HeldOut:
+    """The held-out images (and INT8's calibration images), tokenized with BOS in front."""
     with step("data"):
-        plan = calibration_plan(opts.data, state.get("train_config"))
-        held_out, calib_images = _load_data(opts, tok, cfg.n_labels, plan)
+        plan = calibration_plan(opts.data, train_config)
+        held_out, calib_images = _load_data(opts, tok, n_labels, plan)
         plan[mf.C_IMAGES] = len(held_out)
-        eval_seqs = _sequences(tok, held_out.images)
-        val_seqs = eval_seqs[: opts.validate_images]
-        calib = None if calib_images is None else _sequences(tok, calib_images)
+        seqs = with_bos(tok.bos, tok.encode_prepared(held_out.images))
+        calib = None if calib_images is None else with_bos(tok.bos, tok.encode_prepared(calib_images))
         step.detail = f"{opts.data}: {len(held_out)} held-out images of split {plan[mf.C_SPLIT]!r}" + (
             "" if calib is None else f", {len(calib)} calibration (train) images"
         )
+    return HeldOut(held_out, plan, seqs, seqs[: opts.validate_images], calib)
 
-    rows: list[Row] = []
-    files, metrics, gates = {}, {}, {}
 
-    def fit_gate(key: str, inputs: GateInputs) -> str:
-        """Fit file ``key``'s open-set gate on its held-out outputs; a note for the step line."""
-        if opts.ood_accept is None:
-            return ""
-        gates[key] = OODGate.fit(inputs, opts.ood_accept).to_dict()
-        return f"; unknown-gate accepts {100 * opts.ood_accept:g}% (threshold {gates[key]['threshold']:.1f})"
+def fit_gate(opts: ExportOptions, inputs: GateInputs) -> tuple[dict | None, str]:
+    """A file's open-set gate fitted on its held-out outputs (None without one), and a note for
+    the step line."""
+    if opts.ood_accept is None:
+        return None, ""
+    gate = OODGate.fit(inputs, opts.ood_accept).to_dict()
+    return gate, f"; unknown-gate accepts {100 * opts.ood_accept:g}% (threshold {gate['threshold']:.1f})"
 
-    with staged(out_dir, opts.force) as stage:
-        fp32_path = stage / mf.onnx_filename(mf.FP32)
-        with step("onnx fp32"):
-            export_onnx(model, fp32_path)
-            step.detail = _mb(fp32_path)
-        with step("validate fp32"):
-            fp32 = OrtEngine(fp32_path, threads=opts.threads)
-            m = validate.validate(model, fp32, val_seqs)
-            agree = m.get(mf.M_LABEL_AGREEMENT)
+
+def export_fp32(run: ExportRun) -> ExportedFile:
+    """The FP32 ONNX file: exported, validated against PyTorch, its accuracy (the INT8 gate's
+    reference) and gate on the held-out images, and how far prefix reuse moves it."""
+    step, data, n_labels = run.step, run.data, run.model.cfg.n_labels
+    path = run.stage / mf.onnx_filename(mf.FP32)
+    with step("onnx fp32"):
+        export_onnx(run.model, path)
+        step.detail = _mb(path)
+    with step("validate fp32"):
+        engine = OrtEngine(path, threads=run.opts.threads)
+        m = validate.validate(run.model, engine, data.validate)
+        agree = m.get(mf.M_LABEL_AGREEMENT)
+        step.detail = (
+            f"max|Δ logit| {m[mf.M_MAX_ABS_DIFF]:.1e}, decode {m[mf.M_KV_MAX_ABS_DIFF]:.1e} "
+            f"on {len(data.validate)} images" + ("" if agree is None else ", labels 100% agree")
+        )
+    fp32 = ExportedFile(
+        Row(mf.FP32, path, max_abs_diff=m[mf.M_MAX_ABS_DIFF]),
+        file_entry(run.stage, path.name, "fp32", mf.FORMAT_ONNX),
+        metrics=m,
+    )
+    if n_labels and not (data.images.labels < 0).any():
+        with step("accuracy fp32"):
+            acc, feats = measure.held_out_pass(
+                engine, data.seqs, data.images.labels, run.tok, desc="accuracy fp32"
+            )
+            fp32.gate, note = fit_gate(run.opts, feats)
+            step.detail = f"{100 * acc:.2f}% on {len(data.images)} held-out images" + note
+        fp32.row.accuracy = acc
+        m.update({mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(data.images)})
+    m.update(reuse_metrics(engine, data.validate, n_labels))
+    return fp32
+
+
+def quantize_int8(run: ExportRun, fp32: ExportedFile) -> list[ExportedFile]:
+    """The INT8 files asked for (static QDQ, dynamic), each held to the accuracy gate against
+    ``fp32``; one below the gate is left out (:func:`check_rejected` says when that is fatal)."""
+    opts, step, data = run.opts, run.step, run.data
+    variants = [k for k, wanted in ((mf.INT8, opts.int8), (mf.INT8_DYNAMIC, opts.dynamic)) if wanted]
+    reference, images = fp32.row.accuracy, len(data.images)
+    files: list[ExportedFile] = []
+    rejected: dict[str, validate.AccuracyGateError] = {}
+    for key in variants:
+        static = key == mf.INT8
+        how, label = (mf.QUANT_QDQ, "int8 qdq") if static else (mf.QUANT_DYNAMIC, "int8 dynamic")
+        path = run.stage / mf.onnx_filename(key)
+        with step(f"quantize {label}"):
+            if static:
+                n = quantize.quantize_qdq(fp32.row.path, path, data.calib, run.model.cfg.to_dict())
+            else:
+                n = quantize.quantize_dynamic_int8(fp32.row.path, path)
+            step.detail = f"{_mb(path)}, {n} weight MatMuls" + (
+                f", calibrated on {len(data.calib)} train images" if static else ""
+            )
+        with step(f"accuracy {label}"):
+            engine = OrtEngine(path, threads=opts.threads)
+            diff = validate.compare_logits(run.model, engine, data.validate)  # names, shapes; Δ reported
+            acc, feats = measure.held_out_pass(
+                engine, data.seqs, data.images.labels, run.tok, desc=f"accuracy {label}"
+            )
+            reuse = reuse_metrics(engine, data.validate, run.model.cfg.n_labels)
             step.detail = (
-                f"max|Δ logit| {m[mf.M_MAX_ABS_DIFF]:.1e}, decode {m[mf.M_KV_MAX_ABS_DIFF]:.1e} "
-                f"on {len(val_seqs)} images" + ("" if agree is None else ", labels 100% agree")
+                f"{100 * acc:.2f}% ({100 * (acc - reference):+.2f} points vs fp32, "
+                f"gate -{opts.max_drop:g}), max|Δ logit| {diff:.3f}, "
+                f"prefix reuse max|Δ logit| {reuse[mf.M_REUSE_MAX_ABS_DIFF]:.1e}"
             )
-        rows.append(Row(mf.FP32, fp32_path, max_abs_diff=m[mf.M_MAX_ABS_DIFF]))
-        metrics[mf.FP32] = m
-        files[mf.FP32] = file_entry(stage, fp32_path.name, "fp32", mf.FORMAT_ONNX)
-
-        reference = None
-        if cfg.n_labels and not (held_out.labels < 0).any():
-            with step("accuracy fp32"):
-                reference, feats = measure.held_out_pass(
-                    fp32, eval_seqs, held_out.labels, tok, desc="accuracy fp32"
-                )
-                step.detail = f"{100 * reference:.2f}% on {len(held_out)} held-out images"
-                step.detail += fit_gate(mf.FP32, feats)
-            rows[0].accuracy = reference
-            metrics[mf.FP32].update({mf.M_ACCURACY: reference, mf.M_EVAL_IMAGES: len(held_out)})
-        metrics[mf.FP32].update(reuse_metrics(fp32, val_seqs, cfg.n_labels))
-
-        variants = []
-        if opts.int8:
-            variants.append(
-                (
-                    mf.INT8,
-                    mf.QUANT_QDQ,
-                    "int8 qdq",
-                    lambda p: quantize.quantize_qdq(fp32_path, p, calib, cfg.to_dict()),
-                )
+            try:
+                validate.check_gate(key, reference, acc, opts.max_drop, images)
+            except validate.AccuracyGateError as e:
+                rejected[key] = e  # left out; fatal below if nothing else passes
+                step.failed = True
+                step.detail += f"; below the gate, {path.name} left out of the bundle"
+                del engine
+                path.unlink()
+                continue
+            gate, note = fit_gate(opts, feats)
+            step.detail += note
+        files.append(
+            ExportedFile(
+                Row(key, path, accuracy=acc, max_abs_diff=diff),
+                file_entry(run.stage, path.name, "int8", mf.FORMAT_ONNX, **{mf.F_QUANTIZATION: how}),
+                metrics={mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: images, mf.M_MAX_ABS_DIFF: diff, **reuse},
+                gate=gate,
             )
-        if opts.dynamic:
-            variants.append(
-                (
-                    mf.INT8_DYNAMIC,
-                    mf.QUANT_DYNAMIC,
-                    "int8 dynamic",
-                    lambda p: quantize.quantize_dynamic_int8(fp32_path, p),
-                )
-            )
-        rejected: dict[str, validate.AccuracyGateError] = {}
-        for key, how, label, run in variants:
-            q_path = stage / mf.onnx_filename(key)
-            with step(f"quantize {label}"):
-                n = run(q_path)
-                step.detail = f"{_mb(q_path)}, {n} weight MatMuls" + (
-                    f", calibrated on {len(calib)} train images" if how == mf.QUANT_QDQ else ""
-                )
-            with step(f"accuracy {label}"):
-                engine = OrtEngine(q_path, threads=opts.threads)
-                diff = validate.compare_logits(model, engine, val_seqs)  # names, shapes; Δ reported
-                acc, feats = measure.held_out_pass(
-                    engine, eval_seqs, held_out.labels, tok, desc=f"accuracy {label}"
-                )
-                reuse = reuse_metrics(engine, val_seqs, cfg.n_labels)
-                step.detail = (
-                    f"{100 * acc:.2f}% ({100 * (acc - reference):+.2f} points vs fp32, "
-                    f"gate -{opts.max_drop:g}), max|Δ logit| {diff:.3f}, "
-                    f"prefix reuse max|Δ logit| {reuse[mf.M_REUSE_MAX_ABS_DIFF]:.1e}"
-                )
-                try:
-                    validate.check_gate(key, reference, acc, opts.max_drop, len(held_out))
-                except validate.AccuracyGateError as e:
-                    rejected[key] = e  # left out; fatal below if nothing else passes
-                    step.failed = True
-                    step.detail += f"; below the gate, {q_path.name} left out of the bundle"
-                    del engine
-                    q_path.unlink()
-                    continue
-                step.detail += fit_gate(key, feats)
-            rows.append(Row(key, q_path, accuracy=acc, max_abs_diff=diff))
-            metrics[key] = {mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(held_out), mf.M_MAX_ABS_DIFF: diff}
-            metrics[key].update(reuse)
-            files[key] = file_entry(stage, q_path.name, "int8", mf.FORMAT_ONNX, **{mf.F_QUANTIZATION: how})
-        check_rejected(rejected, len(variants), opts)
+        )
+    check_rejected(rejected, len(variants), opts)
+    return files
 
-        trt_source = stage / mf.onnx_filename(mf.INT8 if mf.INT8 in files else mf.FP32)
-        with step("tensorrt lint"):
-            lint = trt_export.lint_onnx(trt_source)
-            if lint["problems"] and opts.tensorrt:
-                raise trt_export.LintError(f"{trt_source.name}: " + "; ".join(lint["problems"]))
-            step.detail = f"{trt_source.name}: {len(lint['op_types'])} op types" + (
-                "; WARNING " + "; ".join(lint["problems"])
-                if lint["problems"]
-                else ", all parsed by TensorRT 10"
-            )
 
-        if opts.tensorrt:
-            builds = [(mf.INT8, trt_source)] if mf.INT8 in files else []
-            if opts.fp16:
-                builds.append(("fp16", fp32_path))
-            if not builds:
-                builds.append(("fp32", fp32_path))
-            for precision, source in builds:
-                engine_path = stage / mf.engine_filename(precision)
-                with step(f"tensorrt {precision}"):
-                    meta = trt_export.build_engine(
-                        source,
-                        engine_path,
-                        cfg.to_dict(),
-                        precision,
-                        opts.max_batch,
-                        opts.workspace_mb,
-                        opts.timing_cache,
-                    )
-                    step.detail = f"{_mb(engine_path)}, {meta['gpu']} (sm {meta['compute_capability']})"
-                key = mf.TRT_PREFIX + precision
-                files[key] = file_entry(
-                    stage,
-                    engine_path.name,
-                    precision,
-                    mf.FORMAT_TRT,
-                    **{mf.F_METADATA: sidecar_entry(stage, f"{engine_path.name}.json")},
-                )
-                rows.append(Row(key, engine_path))
-                if gates:  # the engine's numbers are not its ONNX file's: its own gate, on its outputs
-                    with step(f"gate {key}"):
-                        acc, feats = trt_export.held_out_pass(
-                            engine_path, eval_seqs, held_out.labels, tok, opts.max_batch
-                        )
-                        step.detail = f"{100 * acc:.2f}% on {len(held_out)} held-out images"
-                        step.detail += fit_gate(key, feats)
-                    rows[-1].accuracy = acc
-                    metrics[key] = {mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(held_out)}
+def lint_tensorrt(run: ExportRun, files: list[ExportedFile]) -> tuple[Path, dict]:
+    """TensorRT 10's parser support, checked on the file an engine would be built from (static
+    INT8 if present, else FP32): a warning on the step line, fatal with ``--tensorrt``."""
+    step = run.step
+    source = run.stage / mf.onnx_filename(mf.INT8 if any(f.key == mf.INT8 for f in files) else mf.FP32)
+    with step("tensorrt lint"):
+        lint = trt_export.lint_onnx(source)
+        if lint["problems"] and run.opts.tensorrt:
+            raise trt_export.LintError(f"{source.name}: " + "; ".join(lint["problems"]))
+        step.detail = f"{source.name}: {len(lint['op_types'])} op types" + (
+            "; WARNING " + "; ".join(lint["problems"]) if lint["problems"] else ", all parsed by TensorRT 10"
+        )
+    return source, lint
 
-        if opts.bench_seconds > 0:
-            with step("benchmark"):
-                timed = [r for r in rows if not r.format.startswith(mf.TRT_PREFIX)]  # TensorRT: trt_parity
-                engines = [OrtEngine(r.path, threads=opts.threads) for r in timed]
-                for _ in range(BENCH_ROUNDS):  # interleaved: a burst of other load hits every file alike
-                    for row, engine in zip(timed, engines, strict=True):
-                        ms1, fps16 = measure.speed(engine, eval_seqs, opts.bench_seconds / BENCH_ROUNDS)
-                        row.ms_batch1 = min(ms1, row.ms_batch1 or ms1)
-                        row.fps_batch16 = max(fps16, row.fps_batch16 or fps16)
-                for row in timed:
-                    metrics[row.format].update(
-                        {mf.M_MS_BATCH1: row.ms_batch1, mf.M_FPS_BATCH16: row.fps_batch16}
-                    )
-                step.detail = (
-                    f"ONNX Runtime CPU, {opts.threads or 'default'} threads, best of {BENCH_ROUNDS} rounds"
-                )
-        with step("bundle"):
-            recommended = {"cpu": recommend_cpu(rows)}
-            trt_keys = [k for k in files if k.startswith(mf.TRT_PREFIX)]
-            if trt_keys:
-                recommended["tensorrt"] = trt_keys[0]
-            for key in metrics:
-                metrics[key]["threads"] = opts.threads
-            for key in gates:  # every gate is fitted on its own file's outputs, engines' included
-                files[key][mf.F_GATE_SOURCE] = key
-            manifest = build_manifest(
-                cfg.to_dict(),
-                tok,
-                files,
-                metrics,
-                recommended,
-                producer_versions(opts.tensorrt),
-                io_extra={"exporter": EXPORTER, "tensorrt_lint": {"source": trt_source.name, **lint}},
+
+def build_engines(run: ExportRun, files: list[ExportedFile], source: Path) -> list[ExportedFile]:
+    """TensorRT engines: INT8 from ``source`` (the QDQ file), FP16 with ``--fp16``, FP32 when neither.
+    Each gets its own gate, fitted on what the engine outputs, when the ONNX files have gates."""
+    opts, step, data = run.opts, run.step, run.data
+    fp32_path = run.stage / mf.onnx_filename(mf.FP32)
+    builds = [(mf.INT8, source)] if any(f.key == mf.INT8 for f in files) else []
+    if opts.fp16:
+        builds.append(("fp16", fp32_path))
+    if not builds:
+        builds.append(("fp32", fp32_path))
+    gated = any(f.gate is not None for f in files)
+    engines: list[ExportedFile] = []
+    for precision, onnx_path in builds:
+        path = run.stage / mf.engine_filename(precision)
+        with step(f"tensorrt {precision}"):
+            meta = trt_export.build_engine(
+                onnx_path,
+                path,
+                run.model.cfg.to_dict(),
+                precision,
+                opts.max_batch,
+                opts.workspace_mb,
+                opts.timing_cache,
             )
-            if gates:
-                manifest[mf.K_OOD] = gates
-            manifest[mf.K_CALIBRATION] = plan
-            write_manifest(stage, manifest)
-            total = sum(p.stat().st_size for p in stage.iterdir()) / 1e6
-            step.detail = f"{out_dir} ({len(files)} models, {total:.2f} MB), cpu: {recommended['cpu']}"
-    for row in rows:
-        row.path = out_dir / row.path.name
-    return rows
+            step.detail = f"{_mb(path)}, {meta['gpu']} (sm {meta['compute_capability']})"
+        key = mf.TRT_PREFIX + precision
+        sidecar = sidecar_entry(run.stage, f"{path.name}.json")
+        engine = ExportedFile(
+            Row(key, path),
+            file_entry(run.stage, path.name, precision, mf.FORMAT_TRT, **{mf.F_METADATA: sidecar}),
+        )
+        engines.append(engine)
+        if gated:  # the engine's numbers are not its ONNX file's: its own gate, on its outputs
+            with step(f"gate {key}"):
+                acc, feats = trt_export.held_out_pass(
+                    path, data.seqs, data.images.labels, run.tok, opts.max_batch
+                )
+                engine.gate, note = fit_gate(opts, feats)
+                step.detail = f"{100 * acc:.2f}% on {len(data.images)} held-out images" + note
+            engine.row.accuracy = acc
+            engine.metrics = {mf.M_ACCURACY: acc, mf.M_EVAL_IMAGES: len(data.images)}
+    return engines
+
+
+def benchmark(run: ExportRun, files: list[ExportedFile]) -> None:
+    """Speed of every ONNX file through the runtime's OrtEngine (TensorRT: ``trt_parity``)."""
+    opts = run.opts
+    with run.step("benchmark"):
+        timed = [f for f in files if not f.key.startswith(mf.TRT_PREFIX)]
+        engines = [OrtEngine(f.row.path, threads=opts.threads) for f in timed]
+        for _ in range(BENCH_ROUNDS):  # interleaved: a burst of other load hits every file alike
+            for f, engine in zip(timed, engines, strict=True):
+                ms1, fps16 = measure.speed(engine, run.data.seqs, opts.bench_seconds / BENCH_ROUNDS)
+                f.row.ms_batch1 = min(ms1, f.row.ms_batch1 or ms1)
+                f.row.fps_batch16 = max(fps16, f.row.fps_batch16 or fps16)
+        for f in timed:
+            f.metrics.update({mf.M_MS_BATCH1: f.row.ms_batch1, mf.M_FPS_BATCH16: f.row.fps_batch16})
+        run.step.detail = (
+            f"ONNX Runtime CPU, {opts.threads or 'default'} threads, best of {BENCH_ROUNDS} rounds"
+        )
+
+
+def write_bundle(run: ExportRun, files: list[ExportedFile], out_dir: Path, tensorrt_lint: dict) -> None:
+    """The manifest, written into the staging folder: every file, its metrics and gate, the pick
+    per target, the I/O contract and the held-out images' plan."""
+    opts = run.opts
+    with run.step("bundle"):
+        recommended = {"cpu": recommend_cpu([f.row for f in files])}
+        trt_keys = [f.key for f in files if f.key.startswith(mf.TRT_PREFIX)]
+        if trt_keys:
+            recommended["tensorrt"] = trt_keys[0]
+        for f in files:
+            if f.metrics is not None:
+                f.metrics["threads"] = opts.threads
+            if f.gate is not None:  # every gate is fitted on its own file's outputs, engines' included
+                f.entry[mf.F_GATE_SOURCE] = f.key
+        manifest = build_manifest(
+            run.model.cfg.to_dict(),
+            run.tok,
+            {f.key: f.entry for f in files},
+            {f.key: f.metrics for f in files if f.metrics is not None},
+            recommended,
+            producer_versions(opts.tensorrt),
+            io_extra={"exporter": EXPORTER, "tensorrt_lint": tensorrt_lint},
+        )
+        gates = {f.key: f.gate for f in files if f.gate is not None}
+        if gates:
+            manifest[mf.K_OOD] = gates
+        manifest[mf.K_CALIBRATION] = run.data.plan
+        write_manifest(run.stage, manifest)
+        total = sum(p.stat().st_size for p in run.stage.iterdir()) / 1e6
+        run.step.detail = f"{out_dir} ({len(files)} models, {total:.2f} MB), cpu: {recommended['cpu']}"
 
 
 def reuse_metrics(engine: OrtEngine, seqs: np.ndarray, n_labels: int) -> dict:

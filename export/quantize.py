@@ -43,7 +43,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from pixlm.runtime import manifest as mf
+from pixlm.runtime.io_spec import DecoderIO
 
 MIN_CALIBRATION_IMAGES = 32  # fewer gives activation ranges that depend on a handful of images
 
@@ -85,15 +85,8 @@ def _named(path: Path) -> onnx.ModelProto:
 class _Calibration(CalibrationDataReader):
     """CalibrationDataReader over prefill batches: [BOS, image tokens] with an empty cache."""
 
-    def __init__(self, seqs: np.ndarray, n_layer: int, n_head: int, head_dim: int, batch_size: int):
-        self.batches = []
-        for i in range(0, len(seqs), batch_size):
-            ids = seqs[i : i + batch_size]
-            empty = np.zeros((len(ids), n_head, 0, head_dim), dtype=np.float32)
-            feed = {mf.INPUT_IDS: ids}
-            for layer in range(n_layer):
-                feed[mf.past_key(layer)] = feed[mf.past_value(layer)] = empty
-            self.batches.append(feed)
+    def __init__(self, seqs: np.ndarray, spec: DecoderIO, batch_size: int):
+        self.batches = [spec.step_feed(seqs[i : i + batch_size]) for i in range(0, len(seqs), batch_size)]
         self._it = iter(self.batches)
 
     def get_next(self) -> dict | None:
@@ -118,8 +111,7 @@ def quantize_qdq(
         )
     model = _named(Path(fp32_path))
     nodes = weight_matmuls(model)
-    hs = model_cfg["d_model"] // model_cfg["n_head"]
-    reader = _Calibration(calib_seqs, model_cfg["n_layer"], model_cfg["n_head"], hs, batch_size)
+    reader = _Calibration(calib_seqs, DecoderIO.from_config(model_cfg), batch_size)
     with _quiet():
         quantize_static(
             model,

@@ -5,12 +5,9 @@ pip-installed on the build machines; on a Jetson it comes with JetPack 6 (Tensor
 
 Engines are built from the QDQ ONNX file (explicit quantization: the Q/DQ scales computed by
 ``quantize.py`` are used as they are, no TensorRT calibrator) or from the FP32 file for FP16/FP32
-engines. Three optimization profiles (``pixlm.runtime.engine_trt.profiles``, where the runtime
-reads them too), so one engine serves every call the recognizer makes::
-
-    profile 0  prefill   input_ids [1..B, 1..N+1]   past [1..B, nh, 0, hs]        (empty cache)
-    profile 1  decode    input_ids [1..B, 1]        past [1..B, nh, 1..N, hs]     (completion)
-    profile 2  extend    input_ids [1..B, 1..N]     past [1..B, nh, 1..N, hs]     (prefix reuse)
+engines. Three optimization profiles, prefill, decode and extend (``DecoderIO.trt_profiles`` in
+``pixlm.runtime.io_spec``, where the runtime reads them too), so one engine serves every call the
+recognizer makes.
 
 The engine's sidecar JSON (``model.int8.engine.json``) records the TensorRT version, the GPU and
 its compute capability, the precision, the profiles and the sha256 of the source ONNX file;
@@ -27,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +32,8 @@ import onnx
 
 from pixlm.export import measure
 from pixlm.runtime.bundle import sha256_of
-from pixlm.runtime.engine_trt import (
-    TensorRTUnavailable,
-    current_device,
-    import_tensorrt,
-    profiles,
-)
+from pixlm.runtime.engine_trt import TensorRTUnavailable, current_device, import_tensorrt
+from pixlm.runtime.io_spec import DecoderIO
 from pixlm.runtime.novelty import GateInputs
 
 # ONNX operators TensorRT 10's ONNX parser supports ("Y" rows of onnx-tensorrt docs/operators.md,
@@ -136,7 +130,7 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     for flag in _precision_flags(precision):
         config.set_flag(getattr(trt.BuilderFlag, flag))
-    shapes = profiles(model_cfg, max_batch)
+    shapes = DecoderIO.from_config(model_cfg).trt_profiles(max_batch)
     for p in shapes:
         profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in p["shapes"].items():
@@ -188,12 +182,23 @@ def held_out_pass(
         engine.close()
 
 
+def __getattr__(name: str):  # PEP 562: moved to io_spec, importable here for one version
+    if name == "profiles":
+        warnings.warn(
+            "pixlm.export.tensorrt.profiles moved to pixlm.runtime.io_spec; use "
+            "DecoderIO.from_config(model_cfg).trt_profiles(max_batch)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return lambda model_cfg, max_batch: DecoderIO.from_config(model_cfg).trt_profiles(max_batch)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "TensorRTUnavailable",
     "LintError",
     "EngineBuildError",
     "lint_onnx",
-    "profiles",
     "build_engine",
     "held_out_pass",
 ]

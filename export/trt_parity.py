@@ -24,8 +24,7 @@ import numpy as np
 
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError
-
-PROFILES = ("prefill", "decode", "extend")  # in the engine's profile order (engine_trt.profiles)
+from pixlm.runtime.io_spec import LOGITS, TRT_PROFILES, DecoderIO, with_bos
 
 
 def feeds(
@@ -33,23 +32,14 @@ def feeds(
 ) -> list[dict]:
     """Engine inputs for ``profile`` from real images; ``engine`` (an OrtEngine on the engine's
     source ONNX file) computes the caches the decode and extend feeds start from."""
-    tok, cfg = bundle.tokenizer, bundle.model_config
-    hs = cfg["d_model"] // cfg["n_head"]
-    tokens = tok.encode_prepared(images)
-    seqs = np.concatenate([np.full((len(tokens), 1), tok.bos, dtype=np.int64), tokens], axis=1)
-    split = {"prefill": 0, "decode": seqs.shape[1] - 1, "extend": seqs.shape[1] // 2}[profile]
+    tok, spec = bundle.tokenizer, DecoderIO.from_config(bundle.model_config)
+    seqs = with_bos(tok.bos, tok.encode_prepared(images))
+    split = spec.profile_split(profile)
     out = []
     for i in range(0, len(seqs), batch):
         ids = seqs[i : i + batch]
-        if split == 0:
-            empty = np.zeros((len(ids), cfg["n_head"], 0, hs), dtype=np.float32)
-            past = [(empty, empty)] * cfg["n_layer"]
-        else:
-            _, past = engine.prefill(ids[:, :split])
-        feed = {mf.INPUT_IDS: np.ascontiguousarray(ids[:, split:])}
-        for layer, (k, v) in enumerate(past):
-            feed[mf.past_key(layer)], feed[mf.past_value(layer)] = k, v
-        out.append(feed)
+        past = None if split == 0 else engine.prefill(ids[:, :split])[1]
+        out.append(spec.step_feed(np.ascontiguousarray(ids[:, split:]), past))
     return out
 
 
@@ -91,7 +81,7 @@ def main(bundle_dir, key, data, images, batch, atol, rtol) -> None:
     ort_engine = OrtEngine(source)
     first = bundle.vocabulary["first_label"]
     ok = True
-    for index, profile in enumerate(PROFILES[: len(meta["profiles"])]):
+    for index, profile in enumerate(TRT_PROFILES[: len(meta["profiles"])]):
         runners = [
             OnnxrtRunner(SessionFromOnnx(str(source))),
             TrtRunner(EngineFromBytes(BytesFromPath(str(bundle.path(key)))), optimization_profile=index),
@@ -104,7 +94,7 @@ def main(bundle_dir, key, data, images, batch, atol, rtol) -> None:
         agree = total = 0
         (_, ort_runs), (_, trt_runs) = results.items()
         for a, b in zip(ort_runs, trt_runs, strict=True):
-            la, lb = a[mf.LOGITS][:, -1, first:].argmax(-1), b[mf.LOGITS][:, -1, first:].argmax(-1)
+            la, lb = a[LOGITS][:, -1, first:].argmax(-1), b[LOGITS][:, -1, first:].argmax(-1)
             agree, total = agree + int((la == lb).sum()), total + len(la)
         click.echo(
             f"{key} {profile}: logits within atol {atol} rtol {rtol}: {close}; "

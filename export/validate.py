@@ -16,6 +16,7 @@ import torch
 from pixlm.model import PixLM
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.io_spec import ATOL_FP32, LOGITS, DecoderIO, present_key, present_value
 
 
 class ValidationError(ValueError):
@@ -62,14 +63,15 @@ def _name(engine: OrtEngine) -> str:
 
 def check_io(engine: OrtEngine, cfg) -> None:
     """Names exactly as the contract says, and the static KV dimensions of this model."""
-    want_in, want_out = mf.input_names(cfg.n_layer), mf.output_names(cfg.n_layer)
+    spec = DecoderIO.from_config(cfg.to_dict())
+    want_in, want_out = spec.input_names, spec.output_names
     got_in = [i.name for i in engine.session.get_inputs()]
     got_out = [o.name for o in engine.session.get_outputs()]
     missing = [n for n in want_in if n not in got_in] + [n for n in want_out if n not in got_out]
     unexpected = [n for n in got_in if n not in want_in] + [n for n in got_out if n not in want_out]
     if missing or unexpected:
         raise MissingOutputError(_name(engine), missing, unexpected)
-    kv = (mf.BATCH, cfg.n_head, mf.PAST, cfg.d_model // cfg.n_head)
+    kv = spec.kv_dims()
     for i in engine.session.get_inputs()[1:]:
         if tuple(i.shape) != kv:
             raise ShapeError(f"{_name(engine)}: input {i.name}", tuple(i.shape), kv)
@@ -96,7 +98,7 @@ def validate(
     model: PixLM,
     engine: OrtEngine,
     seqs: np.ndarray,
-    atol: float = mf.ATOL_FP32,
+    atol: float = ATOL_FP32,
     decode_images: int = 8,
 ) -> dict:
     """Compare ``engine`` with ``model`` on ``seqs`` (B, N+1) = [BOS, image tokens].
@@ -111,14 +113,14 @@ def validate(
     cfg = model.cfg
     check_io(engine, cfg)
     B, T = seqs.shape
-    hs = cfg.d_model // cfg.n_head
+    spec = DecoderIO.from_config(cfg.to_dict())
     ref, ref_kv = torch_forward(model, seqs)
     got, got_kv = engine.prefill(seqs)
-    _check_shape(f"{_name(engine)}: {mf.LOGITS}", got, (B, T, cfg.vocab_size))
+    _check_shape(f"{_name(engine)}: {LOGITS}", got, (B, T, cfg.vocab_size))
     diff = _max_diff(got, ref)
     for i, ((k, v), (rk, rv)) in enumerate(zip(got_kv, ref_kv, strict=True)):
-        _check_shape(f"{_name(engine)}: {mf.present_key(i)}", k, (B, cfg.n_head, T, hs))
-        _check_shape(f"{_name(engine)}: {mf.present_value(i)}", v, (B, cfg.n_head, T, hs))
+        _check_shape(f"{_name(engine)}: {present_key(i)}", k, spec.kv_shape(B, T))
+        _check_shape(f"{_name(engine)}: {present_value(i)}", v, spec.kv_shape(B, T))
         diff = max(diff, _max_diff(k, rk), _max_diff(v, rv))
     if diff > atol:
         raise ToleranceError(f"{_name(engine)}: ONNX Runtime vs PyTorch, full forward", diff, atol)
@@ -155,7 +157,7 @@ def compare_logits(model: PixLM, engine: OrtEngine, seqs: np.ndarray) -> float:
     check_io(engine, model.cfg)
     ref, _ = torch_forward(model, seqs)
     got, _ = engine.prefill(seqs)
-    _check_shape(f"{_name(engine)}: {mf.LOGITS}", got, ref.shape)
+    _check_shape(f"{_name(engine)}: {LOGITS}", got, ref.shape)
     return _max_diff(got, ref)
 
 

@@ -38,8 +38,10 @@ import cv2
 import numpy as np
 
 from pixlm.runtime.defaults import VTEST
+from pixlm.runtime.io_spec import with_bos
 from pixlm.runtime.prefix_reuse import ReusePolicy
 from pixlm.runtime.recognizer import Recognizer
+from pixlm.runtime.stats import ReuseStats
 from pixlm.runtime.stream import Streamer, grid_regions
 
 LIBRARIES = "import numpy, cv2, onnxruntime"  # the floor: what any pixlm runtime process loads
@@ -140,8 +142,7 @@ def reuse_costs(rec: Recognizer, tokens: np.ndarray) -> dict[str, float]:
     """The policy's cost model, measured: ms per position of a full pass (batch of 4), the fixed
     cost of a call in positions, and the cost of gathering and copying a cached position."""
     rows = tokens[:4]
-    bos = np.full((len(rows), 1), rec.tokenizer.bos, np.int64)
-    ids = np.concatenate([bos, rows], axis=1)
+    ids = with_bos(rec.tokenizer.bos, rows)
     _, past = rec.engine.prefill(ids)
     full = best_ms(lambda: rec.engine.prefill(ids))
     position = full / ids.size
@@ -274,12 +275,12 @@ def bench(bundle, precision, threads, batch, frames, repeats, reuse_frames, stat
         engine = max(engine, engine_rate())
         for name, size in configs:
             for reuse in (False, True) if r % 2 == 0 else (True, False):
-                before = dict(rec.stats)
+                before = ReuseStats.of(rec.stats)
                 rate, _ = stream_rate(rec, scenes[name], reuse_frames, max_batch=size, prefix_reuse=reuse)
                 rates.setdefault((name, size, reuse), []).append(rate)
                 if reuse:
-                    st = {k: rec.stats[k] - before[k] for k in before}
-                    saved[(name, size)] = st["tokens_saved"] / max(st["tokens_total"], 1)
+                    st = ReuseStats.of(rec.stats) - before
+                    saved[(name, size)] = st.tokens_saved / max(st.tokens_total, 1)
     e2e = max(rates[("vtest.avi", batch, False)])
     print("\n| measure | regions/s |\n|---|---:|")
     print(f"| engine only (pre-tokenized, batch {batch}) | {engine:,.0f} |")
@@ -325,7 +326,7 @@ def reuse_difference(rec: Recognizer, per_frame: np.ndarray) -> float:
     memory: list = [None] * per_frame.shape[1]
     worst = 0.0
     for tok in per_frame:
-        full, fast = rec.predict_tokens(tok, True), rec.predict_tokens_reusing(tok, memory, True)
+        full, (fast, memory) = rec.predict_tokens(tok, True), rec.predict_reusing(tok, memory, True)
         for x, y in zip(full, fast, strict=True):
             worst = max(worst, abs(x.score - y.score), float(np.abs(x.nll_map - y.nll_map).max()))
     return worst

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ import click
 from pixlm.runtime import regions
 from pixlm.runtime.defaults import default_bundle_dir
 from pixlm.runtime.recognizer import BACKENDS
+from pixlm.runtime.stats import RunStats
 
 
 class _Finite(click.ParamType):
@@ -192,6 +194,13 @@ def ensure_default_bundle() -> Path:
     help="Seconds between metrics lines.",
 )
 @click.option(
+    "--stats-json",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="At exit, write the run's statistics here as JSON (frames, fps, ms per stage, sources, "
+    "engine calls, prefix reuse, events, delivery buckets), replaced whole.",
+)
+@click.option(
     "--snapshots",
     type=click.Path(file_okay=False),
     default=None,
@@ -253,43 +262,7 @@ def ensure_default_bundle() -> Path:
     help="Which events --mqtt and --webhook send (comma-separated).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No per-frame lines on stdout.")
-def run(
-    sources,
-    bundle,
-    backend,
-    precision,
-    roi,
-    grid,
-    batch,
-    max_wait_ms,
-    jsonl,
-    jsonl_max_mb,
-    save,
-    show,
-    max_frames,
-    anomaly_threshold,
-    anomaly_score,
-    stride,
-    realtime,
-    loop,
-    prefix_reuse,
-    unknown,
-    threads,
-    timeout_s,
-    reconnect_attempts,
-    metrics_every,
-    snapshots,
-    snapshots_max_mb,
-    serve,
-    serve_token,
-    serve_cert,
-    serve_key,
-    mqtt,
-    webhook,
-    webhook_secret,
-    event_kinds,
-    quiet,
-) -> None:
+def run(**options) -> None:
     """Recognize what SOURCES show, frame by frame, with anomaly scores.
 
     \b
@@ -309,151 +282,269 @@ def run(
     Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
     --serve page in one JSON schema (docs/runtime.md, "Events out").
     """
-    outputs = None
-    video_sink = server = None
-    streamer = None
-    stopped_by = None
-    n = 0
+    _run(RunConfig(**options))
 
-    def on_signal(signum, _frame) -> None:
-        # Installed first, before the imports below, and never raises: a KeyboardInterrupt inside
-        # an import is swallowed by libraries' optional `try: import` (the run went on as if never
-        # interrupted) or becomes an ImportError. Set-up finishes (about a second), then nothing
-        # streams. Kept until the outputs are closed: a second signal exits at once.
-        nonlocal stopped_by
-        if stopped_by is not None:
+
+@dataclass(frozen=True)
+class RunConfig:
+    """``pixlm run``'s options, as click parsed them (names, defaults and help: the options above)."""
+
+    sources: tuple[str, ...]
+    bundle: str | None
+    backend: str
+    precision: str | None
+    roi: list | dict | None  # boxes for every source, or by source
+    grid: tuple[int, int] | None
+    batch: int
+    max_wait_ms: float
+    jsonl: str | None
+    jsonl_max_mb: float | None
+    save: str | None
+    show: bool
+    max_frames: int | None
+    anomaly_threshold: float | None
+    anomaly_score: str
+    stride: int
+    realtime: bool
+    loop: int
+    prefix_reuse: bool
+    unknown: bool
+    threads: int | None
+    timeout_s: float
+    reconnect_attempts: int
+    metrics_every: float
+    stats_json: str | None
+    snapshots: str | None
+    snapshots_max_mb: float | None
+    serve: str | None
+    serve_token: str | None
+    serve_cert: str | None
+    serve_key: str | None
+    mqtt: str | None
+    webhook: str | None
+    webhook_secret: str | None
+    event_kinds: str
+    quiet: bool
+
+
+class _Signals:
+    """SIGINT and SIGTERM during a run: the first stops the stream, the second exits at once.
+
+    Installed first, before the imports of the steps, and never raises: a KeyboardInterrupt inside
+    an import is swallowed by libraries' optional `try: import` (the run went on as if never
+    interrupted) or becomes an ImportError. Set-up finishes (about a second), then nothing streams.
+    Kept until the outputs are closed: a second signal exits at once, outputs not closed."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the first signal
+        self.streamer = None  # once made: the first signal ends its loop after the current batch
+        self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.signum is not None:
             name = signal.Signals(signum).name
             os.write(2, f"second {name}: exiting now, outputs not closed\n".encode())
             os._exit(128 + signum)
-        stopped_by = signum
-        if streamer is not None:
-            streamer.stop()  # ends the loop after the current batch; outputs then close
+        self.signum = signum
+        if self.streamer is not None:
+            self.streamer.stop()  # ends the loop after the current batch; outputs then close
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# -- the steps of a run, in order ----------------------------------------------------------------
+def _run(cfg: RunConfig) -> None:
+    """Check the options, open the recognizer and the outputs, stream, close, summarise."""
+    signals = _Signals()
+    outputs = None
     try:
-        from pixlm.runtime.bundle import warnings_to
-        from pixlm.runtime.outputs import CallbackSink, Outputs, SnapshotWriter
-        from pixlm.runtime.outputs.events import KINDS
-        from pixlm.runtime.outputs.jsonl import JsonlSink
-        from pixlm.runtime.outputs.video import VideoSink, WindowSink
-        from pixlm.runtime.recognizer import Recognizer
-        from pixlm.runtime.sources import source_names
-        from pixlm.runtime.stream import Streamer
+        kinds = _check_options(cfg)
+        _quiet_opencv()
+        _check_webhook_secret(cfg.webhook, cfg.webhook_secret)
+        from pixlm.runtime.outputs import Outputs
 
-        _check_serve(serve, serve_token, serve_cert, serve_key)
-        if roi and grid:
-            raise click.UsageError("give --roi or --grid, not both")
-        try:  # an --roi SOURCE= that names no source: a usage error now, not an empty batch later
-            regions.rois_per_source(roi, sources, source_names(list(sources)))
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="'--roi'") from None
-        kinds = tuple(k.strip() for k in event_kinds.split(",") if k.strip())
-        if not kinds or set(kinds) - set(KINDS):
-            choices = ", ".join(KINDS)
-            raise click.BadParameter(f"{event_kinds!r}: choose from {choices}", param_hint="--events")
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages: quiet (events say it)
-        import cv2
-
-        cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
-        _check_webhook_secret(webhook, webhook_secret)
         outputs = Outputs(on_warning=lambda line: click.echo(line, err=True))
-        with warnings_to(lambda line: click.echo(line, err=True)):  # no manifest hash, gate off
-            rec = Recognizer.open(
-                bundle or ensure_default_bundle(),
-                backend,
-                precision,
-                threads=threads,
-                exact_reuse=prefix_reuse,
-                unknown=unknown,
-            )
-        if jsonl:
-            outputs.add(JsonlSink(jsonl, max_bytes=_bytes(jsonl_max_mb)))
-        if save:
-            video_sink = VideoSink(save, list(sources))
-            outputs.add(video_sink)
-        if show:
-            outputs.add(WindowSink())
-        if snapshots:
-            outputs.snapshots = SnapshotWriter(snapshots, max_bytes=_bytes(snapshots_max_mb))
-        if mqtt:
-            from pixlm.runtime.outputs.mqtt import MqttSink
-
-            outputs.add(MqttSink(mqtt, kinds=kinds))
-        if webhook:
-            from pixlm.runtime.outputs.webhook import WebhookSink
-
-            outputs.add(WebhookSink(webhook, kinds=kinds, secret=webhook_secret))
-        if serve:
-            from pixlm.runtime.outputs.server import LiveServer
-
-            server = LiveServer(
-                serve, source_names(list(sources)), token=serve_token, cert=serve_cert, key=serve_key
-            )
-            outputs.add(server)
-            click.echo(f"live view: {server.address}" + server.access_note(), err=True)  # never the token
-        if not quiet:
-            outputs.add(CallbackSink(_print_frame))
-        streamer = Streamer(
-            rec,
-            sources,
-            rois=roi,
-            grid=grid,
-            max_batch=batch,
-            max_wait_ms=max_wait_ms,
-            prefix_reuse=prefix_reuse,
-            anomaly_threshold=anomaly_threshold,
-            anomaly_score=anomaly_score,
-            nll_map=bool(save or show or serve),
-            max_frames=max_frames,
-            stride=stride,
-            realtime=realtime,
-            loop=loop,
-            timeout_s=timeout_s,
-            reconnect_attempts=reconnect_attempts,
-            on_event=lambda e: _on_event(e, outputs),
-            on_metrics=lambda line: _on_metrics(line, server),
-            metrics_every=metrics_every,
-        )
-        if server is not None:
-            server.attach(streamer)
-        if stopped_by is None:  # a signal during set-up: close the outputs, stream nothing
+        rec = _open_recognizer(cfg)
+        video, server = _add_outputs(cfg, outputs, kinds)
+        streamer = signals.streamer = _make_streamer(cfg, rec, outputs, server)
+        if signals.signum is None:  # a signal during set-up: close the outputs, stream nothing
             with streamer:
                 for fr in streamer:
-                    n += 1
                     outputs.frame(fr)
     except (ValueError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         if outputs is not None:
             outputs.close()  # the network outputs drain together, within one bound
-        for s, h in old.items():
-            signal.signal(s, h)
-    if stopped_by is None and streamer is not None:
-        failed = [s.name for s in streamer.sources if s.status == "error"]
-        if n == 0 or len(failed) == len(streamer.sources):
+        signals.restore()
+    stats = RunStats.of(streamer, outputs)  # after the close: the delivery buckets are final
+    stats_failure = _write_stats(cfg.stats_json, stats) if cfg.stats_json else None
+    _summarise(cfg, stats, rec, outputs, video, signals.signum, stats_failure)
+
+
+def _check_options(cfg: RunConfig) -> tuple[str, ...]:
+    """Usage errors (exit 2) before anything loads; returns the event kinds --events names."""
+    from pixlm.runtime.records import KINDS
+    from pixlm.runtime.sources import source_names
+
+    _check_serve(cfg.serve, cfg.serve_token, cfg.serve_cert, cfg.serve_key)
+    if cfg.roi and cfg.grid:
+        raise click.UsageError("give --roi or --grid, not both")
+    try:  # an --roi SOURCE= that names no source: a usage error now, not an empty batch later
+        regions.rois_per_source(cfg.roi, cfg.sources, source_names(list(cfg.sources)))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--roi'") from None
+    kinds = tuple(k.strip() for k in cfg.event_kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - set(KINDS):
+        choices = ", ".join(KINDS)
+        raise click.BadParameter(f"{cfg.event_kinds!r}: choose from {choices}", param_hint="--events")
+    if cfg.stats_json and not Path(cfg.stats_json).absolute().parent.is_dir():
+        raise click.BadParameter(f"{cfg.stats_json}: no such folder", param_hint="--stats-json")
+    return kinds
+
+
+def _quiet_opencv() -> None:
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages: quiet (events say it)
+    import cv2
+
+    cv2.setNumThreads(1)  # frames are small work items: OpenCV's pool would only fight the engine
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
+
+
+def _open_recognizer(cfg: RunConfig):
+    from pixlm.runtime.bundle import warnings_to
+    from pixlm.runtime.recognizer import Recognizer
+
+    with warnings_to(lambda line: click.echo(line, err=True)):  # no manifest hash, gate off
+        return Recognizer.open(
+            cfg.bundle or ensure_default_bundle(),
+            cfg.backend,
+            cfg.precision,
+            threads=cfg.threads,
+            exact_reuse=cfg.prefix_reuse,
+            unknown=cfg.unknown,
+        )
+
+
+def _add_outputs(cfg: RunConfig, outputs, kinds: tuple[str, ...]) -> tuple:
+    """Every output the options ask for, in this order; returns the overlay video and the live
+    server (None when not asked for), which the summary and the streamer need."""
+    from pixlm.runtime.outputs import CallbackSink, SnapshotWriter
+    from pixlm.runtime.outputs.jsonl import JsonlSink
+    from pixlm.runtime.outputs.video import VideoSink, WindowSink
+    from pixlm.runtime.sources import source_names
+
+    video = server = None
+    if cfg.jsonl:
+        outputs.add(JsonlSink(cfg.jsonl, max_bytes=_bytes(cfg.jsonl_max_mb)))
+    if cfg.save:
+        video = VideoSink(cfg.save, list(cfg.sources))
+        outputs.add(video)
+    if cfg.show:
+        outputs.add(WindowSink())
+    if cfg.snapshots:
+        outputs.snapshots = SnapshotWriter(cfg.snapshots, max_bytes=_bytes(cfg.snapshots_max_mb))
+    if cfg.mqtt:
+        from pixlm.runtime.outputs.mqtt import MqttSink
+
+        outputs.add(MqttSink(cfg.mqtt, kinds=kinds))
+    if cfg.webhook:
+        from pixlm.runtime.outputs.webhook import WebhookSink
+
+        outputs.add(WebhookSink(cfg.webhook, kinds=kinds, secret=cfg.webhook_secret))
+    if cfg.serve:
+        from pixlm.runtime.outputs.server import LiveServer
+
+        server = LiveServer(
+            cfg.serve,
+            source_names(list(cfg.sources)),
+            token=cfg.serve_token,
+            cert=cfg.serve_cert,
+            key=cfg.serve_key,
+        )
+        outputs.add(server)
+        click.echo(f"live view: {server.address}" + server.access_note(), err=True)  # never the token
+    if not cfg.quiet:
+        outputs.add(CallbackSink(_print_frame))
+    return video, server
+
+
+def _make_streamer(cfg: RunConfig, rec, outputs, server):
+    from pixlm.runtime.stream import Streamer
+
+    streamer = Streamer(
+        rec,
+        cfg.sources,
+        rois=cfg.roi,
+        grid=cfg.grid,
+        max_batch=cfg.batch,
+        max_wait_ms=cfg.max_wait_ms,
+        prefix_reuse=cfg.prefix_reuse,
+        anomaly_threshold=cfg.anomaly_threshold,
+        anomaly_score=cfg.anomaly_score,
+        nll_map=bool(cfg.save or cfg.show or cfg.serve),
+        max_frames=cfg.max_frames,
+        stride=cfg.stride,
+        realtime=cfg.realtime,
+        loop=cfg.loop,
+        timeout_s=cfg.timeout_s,
+        reconnect_attempts=cfg.reconnect_attempts,
+        on_event=lambda e: _on_event(e, outputs),
+        on_metrics=lambda line: _on_metrics(line, server),
+        metrics_every=cfg.metrics_every,
+    )
+    if server is not None:
+        server.attach(streamer)
+    return streamer
+
+
+def _write_stats(path: str, stats: RunStats) -> str | None:
+    """Write ``--stats-json``; a failure (full disk, folder gone) is returned, to be reported as a
+    failed output after the closing line, not raised before it."""
+    try:
+        stats.write_json(path)
+    except OSError as e:
+        return f"--stats-json {path}: {e.strerror or e}"
+    return None
+
+
+def _summarise(
+    cfg: RunConfig, stats: RunStats, rec, outputs, video, signum: int | None, stats_failure: str | None = None
+) -> None:
+    """The closing line, then the exit status: 1 when nothing streamed or an output failed (the
+    stats file included), 128 + the signal when one stopped the run."""
+    n = stats.frames
+    if signum is None:
+        failed = [s.name for s in stats.sources if s.status == "error"]
+        if n == 0 or len(failed) == len(stats.sources):
             what = "no source delivered a frame" if n == 0 else "every source ended in error"
             raise click.ClickException(f"{what} ({n} frames; see the status lines above)")
-    msg = f"{n} frames from {len(sources)} source(s)"
-    if unknown and rec.labels and rec.gate is None:
+    msg = f"{n} frames from {len(cfg.sources)} source(s)"
+    if cfg.unknown and rec.labels and rec.gate is None:
         msg += "; open-set gate OFF (every region labelled, none 'unknown')"
-    if jsonl:
-        msg += f"; results in {jsonl}"
-    if video_sink is not None and video_sink.files:
-        msg += "; overlay video in " + ", ".join(str(f) for f in video_sink.files)
-    if any(outputs.counts.values()):
-        msg += "; events: " + ", ".join(f"{k} {v}" for k, v in outputs.counts.items())
+    if cfg.jsonl:
+        msg += f"; results in {cfg.jsonl}"
+    if video is not None and video.files:
+        msg += "; overlay video in " + ", ".join(str(f) for f in video.files)
+    events = stats.events_by_kind()
+    if any(events.values()):
+        msg += "; events: " + ", ".join(f"{k} {v}" for k, v in events.items())
     if outputs.snapshots is not None:
-        msg += f"; {outputs.snapshots.written} snapshot(s) in {snapshots}"
-    for sink in outputs.deliveries():
-        msg += f"; {sink.name}: {sink.stats.summary()}"
+        msg += f"; {outputs.snapshots.written} snapshot(s) in {cfg.snapshots}"
+    for name, delivery in stats.deliveries:
+        msg += f"; {name}: {delivery.summary()}"
     click.echo(msg, err=True)
-    failed = "; ".join(f"{name} ({why})" for name, why in outputs.failed().items())
-    if stopped_by is not None:
-        click.echo(f"stopped by {signal.Signals(stopped_by).name}; all outputs closed", err=True)
+    failures = [f"{name} ({why})" for name, why in outputs.failed().items()]
+    if stats_failure:
+        failures.append(stats_failure)
+    failed = "; ".join(failures)
+    if signum is not None:
+        click.echo(f"stopped by {signal.Signals(signum).name}; all outputs closed", err=True)
         if failed:
             click.echo(f"failed output(s): {failed}", err=True)
-        sys.exit(128 + stopped_by)
+        sys.exit(128 + signum)
     if failed:
         raise click.ClickException(f"failed output(s): {failed}")
 

@@ -7,15 +7,11 @@ are refused with what to install. An engine is specific to the GPU model and Ten
 was built with, so :func:`check_engine_metadata` compares its sidecar JSON with this device first
 and refuses a mismatch with the command that rebuilds it.
 
-Profiles (:func:`profiles`, built by ``pixlm.export.tensorrt``)::
-
-    profile 0  prefill   input_ids [1..B, 1..N+1]   past [1..B, nh, 0, hs]      (empty cache)
-    profile 1  decode    input_ids [1..B, 1]        past [1..B, nh, 1..N, hs]   (completion)
-    profile 2  extend    input_ids [1..B, 1..N]     past [1..B, nh, 1..N, hs]   (prefix reuse)
-
-``run`` picks the profile that covers its call (:class:`ProfileRules`) and refuses one none covers.
-Engines built before the extend profile existed have only the first two; the recognizer asks
-``chunked_past`` and then recomputes a changed region in full instead of from its cache.
+The optimization profiles (prefill, decode, extend) are part of the I/O contract, declared in
+``pixlm.runtime.io_spec`` (``DecoderIO.trt_profiles``) and recorded in the engine's sidecar.
+``run`` picks the profile that covers its call (``io_spec.ProfileRules``) and refuses one none
+covers. Engines built before the extend profile existed have only the first two; the recognizer
+asks ``chunked_past`` and then recomputes a changed region in full instead of from its cache.
 """
 
 from __future__ import annotations
@@ -23,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from pixlm.runtime import manifest as mf
+from pixlm.runtime import io_spec
+from pixlm.runtime.io_spec import INPUT_IDS, LOGITS, DecoderIO, past_key
 from pixlm.runtime.trt_buffers import DeviceBuffers
 from pixlm.runtime.trt_buffers import check as _check
 
@@ -42,52 +40,28 @@ class EngineMismatchError(ValueError):
     """An engine built for another GPU or TensorRT version."""
 
 
-def profiles(model_cfg: dict, max_batch: int) -> list[dict]:
-    """The engine's optimization profiles: {"name", "shapes": {input name: (min, opt, max)}}."""
-    nh, hs = model_cfg["n_head"], model_cfg["d_model"] // model_cfg["n_head"]
-    T = model_cfg["grid_h"] * model_cfg["grid_w"] + 1  # BOS + image
-    opt_b = min(max_batch, 16)
-    ids = {
-        "prefill": ((1, 1), (opt_b, T), (max_batch, T)),
-        "decode": ((1, 1), (opt_b, 1), (max_batch, 1)),
-        "extend": ((1, 1), (opt_b, T // 2), (max_batch, T - 1)),
-    }
-    past = {
-        "prefill": ((1, nh, 0, hs), (opt_b, nh, 0, hs), (max_batch, nh, 0, hs)),
-        "decode": ((1, nh, 1, hs), (opt_b, nh, T - 1, hs), (max_batch, nh, T - 1, hs)),
-        "extend": ((1, nh, 1, hs), (opt_b, nh, T // 2, hs), (max_batch, nh, T - 1, hs)),
-    }
-    out = []
-    for name in ("prefill", "decode", "extend"):
-        shapes = {mf.INPUT_IDS: ids[name]}
-        for i in range(model_cfg["n_layer"]):
-            shapes[mf.past_key(i)] = shapes[mf.past_value(i)] = past[name]
-        out.append({"name": name, "shapes": shapes})
-    return out
+def _profiles(model_cfg: dict, max_batch: int) -> list[dict]:
+    return DecoderIO.from_config(model_cfg).trt_profiles(max_batch)
 
 
-class ProfileRules:
-    """Which calls an engine's profiles admit, from its sidecar's ``profiles`` (no TensorRT needed)."""
+# Names whose home moved to pixlm.runtime.io_spec: importable from here for one version, with a
+# DeprecationWarning saying what to use instead.
+_MOVED = {
+    "ProfileRules": ("io_spec.ProfileRules", lambda: io_spec.ProfileRules),
+    "profiles": ("io_spec.DecoderIO.from_config(model_cfg).trt_profiles(max_batch)", lambda: _profiles),
+}
 
-    def __init__(self, profile_list: list[dict]):
-        self._ranges = []  # per profile: (batch lo, hi), (new tokens lo, hi), (past lo, hi)
-        for p in profile_list:
-            (b0, t0), _, (b1, t1) = p["shapes"][mf.INPUT_IDS]
-            lo, _, hi = p["shapes"][mf.past_key(0)]
-            self._ranges.append(((b0, b1), (t0, t1), (lo[2], hi[2])))
-        self.max_batch = max(r[0][1] for r in self._ranges)
-        # prefix reuse feeds several tokens on top of a cache: does any profile take that?
-        self.chunked_past = any(r[1][1] > 1 and r[2][1] > 0 for r in self._ranges)
 
-    def select(self, batch: int, tokens: int, past: int) -> int:
-        """Index of the first profile covering the call; ValueError naming the call otherwise."""
-        for i, ((b0, b1), (t0, t1), (p0, p1)) in enumerate(self._ranges):
-            if b0 <= batch <= b1 and t0 <= tokens <= t1 and p0 <= past <= p1:
-                return i
-        raise ValueError(
-            f"TensorRT engine: no optimization profile takes batch {batch}, {tokens} new tokens on a "
-            f"cache of {past}"
+def __getattr__(name: str):  # PEP 562
+    if name in _MOVED:
+        use, value = _MOVED[name]
+        warnings.warn(
+            f"pixlm.runtime.engine_trt.{name} moved to pixlm.runtime.io_spec; use {use}",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        return value()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 TRT_RANGE = (10, 11)  # supported TensorRT major versions: [10, 11)
@@ -203,19 +177,25 @@ class TrtEngine:
             ctx = self.engine.create_execution_context()
             ctx.set_optimization_profile_async(profile, int(self._stream))
             self._contexts.append(ctx)
-        self.rules = ProfileRules(self.metadata["profiles"])
+        self.rules = io_spec.ProfileRules(self.metadata["profiles"])
         self.max_batch, self.chunked_past = self.rules.max_batch, self.rules.chunked_past
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.n_layer = sum(1 for n in names if n.startswith("past_key_values.") and n.endswith(".key"))
-        prefill = self.metadata["profiles"][0]["shapes"][mf.INPUT_IDS][2]
-        shape = self.metadata["profiles"][1]["shapes"][mf.past_key(0)][2]
-        self.n_head, self.head_dim = shape[1], shape[3]
-        self.vocab_size = int(self.engine.get_tensor_shape(mf.LOGITS)[-1])
+        prefill = self.metadata["profiles"][0]["shapes"][INPUT_IDS][2]
+        shape = self.metadata["profiles"][1]["shapes"][past_key(0)][2]
+        self.io = DecoderIO(
+            n_layer=DecoderIO.layers_in(names),
+            n_head=shape[1],
+            head_dim=shape[3],
+            vocab_size=int(self.engine.get_tensor_shape(LOGITS)[-1]),
+            max_tokens=int(prefill[1]),  # BOS + every image token: the longest sequence
+        )
+        self.n_layer, self.n_head, self.head_dim = self.io.n_layer, self.io.n_head, self.io.head_dim
+        self.vocab_size = self.io.vocab_size
         self.buffers = DeviceBuffers(
             self._cudart,
             int(self._stream),
             max_batch=self.max_batch,
-            max_tokens=int(prefill[1]),  # BOS + every image token: the longest sequence
+            max_tokens=self.io.max_tokens,
             n_layer=self.n_layer,
             n_head=self.n_head,
             head_dim=self.head_dim,
@@ -240,19 +220,18 @@ class TrtEngine:
                 past_set, out_set = resident, 1 - resident
             buf.claim(out_set)
             buf.upload_ids(input_ids)
-            self._shape(ctx, mf.INPUT_IDS, input_ids.shape)
-            ctx.set_tensor_address(mf.INPUT_IDS, buf.ids)
-            past_names = mf.input_names(self.n_layer)[1:]
-            for i, name in enumerate(past_names):
-                self._shape(ctx, name, (B, self.n_head, P, self.head_dim))
+            self._shape(ctx, INPUT_IDS, input_ids.shape)
+            ctx.set_tensor_address(INPUT_IDS, buf.ids)
+            for i, name in enumerate(self.io.past_names):
+                self._shape(ctx, name, self.io.kv_shape(B, P))
                 ctx.set_tensor_address(name, buf.kv[past_set][i])
-            present_names = mf.output_names(self.n_layer)[1:]
-            ctx.set_tensor_address(mf.LOGITS, buf.logits)
+            present_names = self.io.present_names
+            ctx.set_tensor_address(LOGITS, buf.logits)
             for i, name in enumerate(present_names):
                 ctx.set_tensor_address(name, buf.kv[out_set][i])
             if not ctx.execute_async_v3(int(self._stream)):  # TensorRT 10 takes the handle as an int
                 raise RuntimeError(f"{self.path}: TensorRT execution failed")
-            logits = buf.download_logits(tuple(ctx.get_tensor_shape(mf.LOGITS)))  # synchronizes
+            logits = buf.download_logits(tuple(ctx.get_tensor_shape(LOGITS)))  # synchronizes
             shapes = [tuple(ctx.get_tensor_shape(n)) for n in present_names]
             views = [buf.present(out_set, i, shape) for i, shape in enumerate(shapes)]
         return logits, [(views[2 * i], views[2 * i + 1]) for i in range(self.n_layer)]

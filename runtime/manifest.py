@@ -7,65 +7,49 @@ A bundle is a folder::
     model.int8.onnx        QDQ (explicit quantization: ONNX Runtime and TensorRT both consume it)
     ...                    optional: model.int8-dynamic.onnx, TensorRT engines
 
-The ONNX I/O contract (Hugging Face Optimum's decoder naming, so common tooling recognises it):
-
-    =============================  =======  ================================================
-    name                           dtype    shape
-    =============================  =======  ================================================
-    input_ids                      int64    [batch_size, sequence_length]
-    past_key_values.{i}.key        float32  [batch_size, n_head, past_sequence_length, head_dim]
-    past_key_values.{i}.value      float32  [batch_size, n_head, past_sequence_length, head_dim]
-    logits                         float32  [batch_size, sequence_length, vocab_size]
-    present.{i}.key                float32  [batch_size, n_head, past + sequence_length, head_dim]
-    present.{i}.value              float32  same as present.{i}.key
-    =============================  =======  ================================================
-
-``past_sequence_length`` may be 0 (prefill). Positions continue from the past length, so
-feeding a sequence in pieces equals feeding it whole.
+The ONNX I/O contract (tensor names, axes, the KV layout, opset, feeds, TensorRT profiles) has
+its own module, ``pixlm.runtime.io_spec``; the manifest's ``io`` section records it.
 """
 
 from __future__ import annotations
+
+import warnings
 
 SCHEMA = "pixlm-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-OPSET = 17  # pinned; see docs/export.md, "The ONNX contract"
-ATOL_FP32 = 1e-4  # ONNX Runtime vs PyTorch, max |delta logits|
-
-INPUT_IDS = "input_ids"
-LOGITS = "logits"
-BATCH, SEQ, PAST = "batch_size", "sequence_length", "past_sequence_length"
-
-
-def past_key(i: int) -> str:
-    return f"past_key_values.{i}.key"
-
-
-def past_value(i: int) -> str:
-    return f"past_key_values.{i}.value"
-
-
-def present_key(i: int) -> str:
-    return f"present.{i}.key"
-
-
-def present_value(i: int) -> str:
-    return f"present.{i}.value"
+# The ONNX contract's names moved to pixlm.runtime.io_spec: still importable from here for one
+# version, with a DeprecationWarning.
+_MOVED_TO_IO_SPEC = (
+    "OPSET",
+    "ATOL_FP32",
+    "INPUT_IDS",
+    "LOGITS",
+    "BATCH",
+    "SEQ",
+    "PAST",
+    "KV_LAYOUT",
+    "past_key",
+    "past_value",
+    "present_key",
+    "present_value",
+    "input_names",
+    "output_names",
+)
 
 
-def input_names(n_layer: int) -> list[str]:
-    names = [INPUT_IDS]
-    for i in range(n_layer):
-        names += [past_key(i), past_value(i)]
-    return names
+def __getattr__(name: str):  # PEP 562
+    if name in _MOVED_TO_IO_SPEC:
+        from pixlm.runtime import io_spec
 
-
-def output_names(n_layer: int) -> list[str]:
-    names = [LOGITS]
-    for i in range(n_layer):
-        names += [present_key(i), present_value(i)]
-    return names
+        warnings.warn(
+            f"pixlm.runtime.manifest.{name} moved to pixlm.runtime.io_spec.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(io_spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # manifest.json keys (top level)
@@ -75,11 +59,10 @@ K_MODEL = "model"  # PixLMConfig as a dict: n_codes, n_labels, grid_h, grid_w, n
 K_TOKENIZER = "tokenizer"  # TokenizerConfig as a dict, palette included
 K_LABELS = "labels"  # label names, index i <-> token n_codes + 1 + i
 K_VOCAB = "vocabulary"  # {"n_codes", "bos", "first_label", "size"}
-K_IO = "io"  # {"inputs": [...], "outputs": [...], "opset", "kv_layout", "dynamic_axes"}
+K_IO = "io"  # pixlm.runtime.io_spec.DecoderIO.io_record(), plus "exporter" and "tensorrt_lint"
 K_FILES = "files"  # {"fp32": {"path", "sha256", "precision", "format", "bytes"}, "int8": {...}, ...}
 K_METRICS = "metrics"  # {"fp32": {"accuracy", "max_abs_logit_diff", ...}, "int8": {...}}
 K_PRODUCER = "producer"  # {"pixlm", "torch", "onnx", "onnxruntime", "tensorrt"}
-KV_LAYOUT = ["batch_size", "n_head", "past_sequence_length", "head_dim"]
 K_RECOMMENDED = "recommended"  # {"cpu": fastest file at batch 16 that passed the gate, "tensorrt": key}
 # {"data", "split", "range": [file, first, end], "images", "report_split"}: the held-out images the
 # export fitted the gate, the INT8 gate and its choices on; reports use "report_split", never these

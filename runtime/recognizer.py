@@ -38,8 +38,9 @@ from pixlm.runtime import defaults, scoring
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, check_engine, warn
 from pixlm.runtime.engine import KV, Engine, OrtEngine
+from pixlm.runtime.io_spec import with_bos
 from pixlm.runtime.novelty import OODGate
-from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, first_change
+from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, run_reusing
 from pixlm.runtime.scoring import Result
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
@@ -165,9 +166,7 @@ class Recognizer:
     def analyze_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, N) image tokens -> the logits after the last image token (B, V: codes, BOS, labels)
         and next-token log-probs (B, N, n_codes)."""
-        b = tokens.shape[0]
-        ids = np.concatenate([np.full((b, 1), self.tokenizer.bos, np.int64), tokens], axis=1)
-        logits, _ = self.engine.prefill(ids)
+        logits, _ = self.engine.prefill(with_bos(self.tokenizer.bos, tokens))
         return logits[:, -1].copy(), scoring.log_softmax(logits[:, :-1, : self.n_codes])
 
     def predict(self, image: np.ndarray, nll_map: bool = False) -> Result:
@@ -203,71 +202,49 @@ class Recognizer:
         self.stats["frames"] += len(tokens)
         self.stats["tokens_total"] += tokens.size + len(tokens)
 
-    # -- prefix reuse: static cameras ----------------------------------------------------------
-    def predict_tokens_reusing(
-        self, tokens: np.ndarray, memory: list[Prefix | None], nll_map: bool = False
-    ) -> list[Result]:
-        """Like ``predict_batch`` on already tokenized regions, running the engine only from each
-        region's first token that changed since its previous frame (``memory[i]``, updated in place),
-        where ``self.reuse_policy`` expects that to pay; the other regions get a full pass.
+    # -- prefix reuse: static cameras (pixlm.runtime.prefix_reuse) -----------------------------
+    def predict_reusing(
+        self, tokens: np.ndarray, memory: Sequence[Prefix | None], nll_map: bool = False
+    ) -> tuple[list[Result], list[Prefix]]:
+        """Like ``predict_tokens``, running the engine only from each region's first token that
+        changed since its previous frame (``memory``: one :class:`Prefix` or None per row), where
+        ``self.reuse_policy`` expects that to pay; the other regions get a full pass. Returns the
+        results and each region's new memory, for its next frame.
 
         Exact for a causal model: a token's output depends only on the tokens before it, so the
         cached KV of an unchanged prefix is what a full recompute would produce.
         """
-        n = tokens.shape[1]
-        changes = [first_change(m, t, n) for m, t in zip(memory, tokens, strict=True)]
-        if not getattr(self.engine, "chunked_past", True):
-            # an engine without a profile for several tokens on a cache (older TensorRT engines):
-            # a changed region is recomputed in full, which is exact too
-            changes = [0 if j < n else j for j in changes]
-        starts = [n] * len(tokens)  # n: unchanged, everything from the cache
-        for start, rows in self.reuse_policy.plan(changes, n):
-            if start == 0:
-                self._full_pass(tokens, rows, memory)
-            else:
-                self._from_prefix(tokens, rows, memory, start)
-            for i in rows:
-                starts[i] = start
-        head = np.stack([m.head for m in memory])
-        logp = np.stack([m.logp for m in memory])
+        prefixes, cached = run_reusing(
+            tokens, memory, self.reuse_policy, self.engine, self._prefill, self.n_codes
+        )
+        head = np.stack([p.head for p in prefixes])
+        logp = np.stack([p.logp for p in prefixes])
         results = self._results(tokens, head, logp, nll_map)
-        for r, j in zip(results, starts, strict=True):
-            r.reused_tokens = 0 if j == 0 else j + 1  # BOS + tokens[:j] came from the cache
-            self.stats["reuse_hits"] += int(j > 0)
-            self.stats["tokens_saved"] += r.reused_tokens
+        for r, c in zip(results, cached, strict=True):
+            r.reused_tokens = c  # BOS + the tokens before the region's call came from the cache
+            self.stats["reuse_hits"] += int(c > 0)
+            self.stats["tokens_saved"] += c
         self._count(tokens)
+        return results, prefixes
+
+    def predict_tokens_reusing(
+        self, tokens: np.ndarray, memory: list[Prefix | None], nll_map: bool = False
+    ) -> list[Result]:
+        """``predict_reusing`` that writes the regions' new memory into ``memory`` (deprecated)."""
+        warnings.warn(
+            "Recognizer.predict_tokens_reusing(tokens, memory) is deprecated: use "
+            "results, memory = Recognizer.predict_reusing(tokens, memory)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        results, prefixes = self.predict_reusing(tokens, memory, nll_map)
+        memory[:] = prefixes
         return results
 
-    def _full_pass(self, tokens: np.ndarray, rows: list[int], memory: list[Prefix | None]) -> None:
-        """New regions, changed first tokens, or too little to keep: one batched prefill."""
-        bos = np.full((len(rows), 1), self.tokenizer.bos, np.int64)
-        logits, present = self.engine.prefill(np.concatenate([bos, tokens[rows]], axis=1))
-        for r, i in enumerate(rows):
-            memory[i] = Prefix(
-                tokens[i].copy(),
-                _own_rows(present, r),
-                scoring.log_softmax(logits[r, :-1, : self.n_codes]),
-                logits[r, -1].copy(),
-            )
-
-    def _from_prefix(self, tokens: np.ndarray, rows: list[int], memory: list[Prefix | None], j: int) -> None:
-        """One call for ``rows``, all from token ``j`` (their smallest first change: recomputing a
-        few unchanged tokens gives the same values and keeps the batch whole). The cache holds
-        BOS + tokens[:j]; tokens[j:] go in, their outputs predict tokens j+1.. and the label."""
-        past = [
-            (
-                np.concatenate([memory[i].past[layer][0][:, :, : j + 1] for i in rows]),
-                np.concatenate([memory[i].past[layer][1][:, :, : j + 1] for i in rows]),
-            )
-            for layer in range(len(memory[rows[0]].past))
-        ]
-        logits, present = self.engine.run(tokens[rows, j:], past)
-        for r, i in enumerate(rows):
-            m = memory[i]
-            m.tokens = tokens[i].copy()
-            m.past = _own_rows(present, r)
-            m.logp = np.concatenate([m.logp[: j + 1], scoring.log_softmax(logits[r, :-1, : self.n_codes])])
-            m.head = logits[r, -1].copy()
+    def _prefill(self, tokens: np.ndarray) -> tuple[np.ndarray, list[KV]]:
+        """Prefix reuse's full pass (new regions, changed first tokens, too little to keep): BOS +
+        image tokens (B, N) from an empty cache -> logits (B, N + 1, V) and the KV cache."""
+        return self.engine.prefill(with_bos(self.tokenizer.bos, tokens))
 
     # -- completion ----------------------------------------------------------------------------
     def complete(
@@ -285,8 +262,7 @@ class Recognizer:
             raise ValueError(f"known_rows must be within 0..{rows}, got {known_rows}")
         rng = np.random.default_rng(seed)
         tokens = list(self.tokenizer.encode(image)[: known_rows * cols])
-        ids = np.array([[self.tokenizer.bos, *tokens]], dtype=np.int64)
-        logits, past = self.engine.prefill(ids)
+        logits, past = self.engine.prefill(with_bos(self.tokenizer.bos, np.asarray(tokens, np.int64)[None]))
         while len(tokens) < rows * cols:
             z = logits[0, -1, : self.n_codes].astype(np.float64) / max(temperature, 1e-6)
             if top_k is not None:
@@ -341,12 +317,6 @@ class Recognizer:
                 )
             )
         return out
-
-
-def _own_rows(present: list[KV], r: int) -> list[KV]:
-    """Row ``r`` of every layer's KV, copied: a view would keep the whole batch's arrays alive for as
-    long as the region is remembered (all regions of a batch pinned 16 caches each)."""
-    return [(k[r : r + 1].copy(), v[r : r + 1].copy()) for k, v in present]
 
 
 def _why_no_gate(bundle: Bundle, file_key: str, unknown: bool) -> str:

@@ -37,6 +37,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from pixlm.runtime.stats import RateMeter, SourceStats  # SourceStats: what Source.stats() returns
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -84,19 +86,6 @@ class SourceEvent:
     message: str
 
 
-@dataclass(frozen=True)
-class SourceStats:
-    """Counters for the metrics line. ``fps`` is the rate frames arrive from the source."""
-
-    read: int  # frames decoded from the source
-    delivered: int  # frames returned by read()
-    dropped: int  # live only: frames overwritten in the mailbox before anyone read them
-    skipped: int  # frames left out by the stride
-    corrupt: int  # empty or undecodable frames, skipped
-    reconnects: int  # successful reopens of a live source
-    fps: float
-
-
 EventCallback = Callable[[SourceEvent], None]
 
 
@@ -116,7 +105,7 @@ class Source:
         self._events: deque[SourceEvent] = deque(maxlen=256)
         self._status = "opening"
         self._counts = dict(read=0, delivered=0, dropped=0, skipped=0, corrupt=0, reconnects=0)
-        self._arrivals: deque[float] = deque(maxlen=30)
+        self._arrivals = RateMeter()  # frames read: the fps in stats()
         self._thread = threading.Thread(target=self._guarded_run, name=f"source:{name}", daemon=True)
 
     # -- public API -------------------------------------------------------------------------------
@@ -146,10 +135,7 @@ class Source:
     def stats(self) -> SourceStats:
         """A snapshot of the counters and the arrival rate over the last 30 frames."""
         with self._lock:
-            t = list(self._arrivals)
-            counts = dict(self._counts)
-        fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
-        return SourceStats(**counts, fps=fps)
+            return SourceStats(**self._counts, fps=self._arrivals.fps())
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the reader thread. Waits up to ``timeout`` s; a thread stuck in a blocking driver call
@@ -227,7 +213,7 @@ class Source:
     def _arrived(self, now: float) -> None:
         with self._lock:
             self._counts["read"] += 1
-            self._arrivals.append(now)
+            self._arrivals.tick(now)
 
 
 def _return_freed_memory() -> None:
@@ -568,7 +554,7 @@ def open_source(
     file, or a missing backend. A live source that is down at start is not an error: it reconnects.
     """
     text = str(uri).strip()
-    label = name or _redact(text)
+    label = name or source_names([text])[0]
     live = dict(
         stride=stride,
         timeout_s=timeout_s,
@@ -656,11 +642,18 @@ def _csi_pipeline(uri: str, label: str) -> str:
     )
 
 
+# ---------------------------------------------------------------------------------------------------
+# Source names: the one place a URI becomes a name (results, events, --roi keys, the live view) and
+# a name becomes a short name (snapshot files, MQTT topics)
+# ---------------------------------------------------------------------------------------------------
+
+
 def source_names(uris: list[str | int]) -> list[str]:
     """The name of each source in results and events, unique in the run: its URI, password
     redacted; a URI given twice gets ``#2``, ``#3`` ...; a source whose short name (``source_slug``:
     snapshot files, MQTT topics) would repeat an earlier one's gets ``~2``, ``~3`` ... (``c/x.mp4``,
-    ``d/x.mp4`` -> ``c/x.mp4``, ``d/x.mp4~2``: short names ``x.mp4``, ``x.mp4~2``)."""
+    ``d/x.mp4`` -> ``c/x.mp4``, ``d/x.mp4~2``: short names ``x.mp4``, ``x.mp4~2``). A single URI's
+    name: ``source_names([uri])[0]``."""
     seen: dict[str, int] = {}
     slugs: set[str] = set()
     names = []

@@ -13,14 +13,14 @@
 Like DeepStream's stream muxer, crops from all sources share one engine call, bounded by a maximum
 batch and a maximum wait. A file playing beside a camera never delays the camera's newest frame.
 With ``prefix_reuse`` each region keeps its previous tokens and KV cache, and the engine runs only
-from the first token that changed (exact, see ``Recognizer.predict_tokens_reusing``).
+from the first token that changed (exact, see ``pixlm.runtime.prefix_reuse``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,11 +29,13 @@ import numpy as np
 
 from pixlm.runtime.engine import Engine
 from pixlm.runtime.lanes import Lanes
-from pixlm.runtime.prefix_reuse import Prefix
+from pixlm.runtime.prefix_reuse import Prefix, PrefixMemory, waves
+from pixlm.runtime.records import result_record
 from pixlm.runtime.regions import Region, check_grid, fit_regions, rois_per_source
 from pixlm.runtime.regions import grid_regions as grid_regions  # its home is regions.py; old imports work
 from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
+from pixlm.runtime.stats import RunStats, StreamCounters
 from pixlm.runtime.tokenizer import Tokenizer
 
 
@@ -47,9 +49,9 @@ class Predictor(Protocol):
 
     def predict_tokens(self, tokens: np.ndarray, nll_map: bool = False) -> list[Result]: ...
 
-    def predict_tokens_reusing(
-        self, tokens: np.ndarray, memory: list[Prefix | None], nll_map: bool = False
-    ) -> list[Result]: ...
+    def predict_reusing(
+        self, tokens: np.ndarray, memory: Sequence[Prefix | None], nll_map: bool = False
+    ) -> tuple[list[Result], list[Prefix]]: ...
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
@@ -82,60 +84,32 @@ class FrameResult:
     fps: float | None = None  # the source's own frame rate, when it has one (a video file)
 
     def records(self) -> list[dict]:
-        """JSON Lines records, one per region (schema in docs/runtime.md)."""
-        out = []
-        for rr in self.regions:
-            out.append(
-                {
-                    "type": "result",
-                    "source": self.source,
-                    "frame": self.index,
-                    "timestamp": round(self.timestamp, 6),
-                    "region": {"name": rr.region.name, "xywh": rr.region.to_list()},
-                    **rr.result.to_dict(),
-                    "anomaly_event": rr.anomalous,
-                    "latency_ms": round(self.latency_ms, 3),
-                    "timings_ms": {k: round(v, 4) for k, v in self.timings.items()},
-                }
+        """JSON Lines ``result`` records, one per region (``pixlm.runtime.records.result_record``)."""
+        return [
+            result_record(
+                self.source,
+                self.index,
+                self.timestamp,
+                rr.region,
+                rr.result,
+                anomalous=rr.anomalous,
+                latency_ms=self.latency_ms,
+                timings=self.timings,
             )
-        return out
+            for rr in self.regions
+        ]
 
 
-class Metrics:
-    """Running totals for the periodic metrics line."""
-
-    STAGES = ("capture_wait", "tokenize", "infer", "post")
-
-    def __init__(self) -> None:
-        self.skipped: dict[str, int] = {}  # frames whose size cannot serve the regions (running total)
-        self.replaced: dict[str, int] = {}  # live frames a newer one replaced before the engine (total)
-        self.reset()
-
-    def reset(self) -> None:
-        self.t0 = time.monotonic()
-        self.ms = dict.fromkeys(self.STAGES, 0.0)
-        self.frames: dict[str, int] = {}
-        self.latency: deque[float] = deque(maxlen=2048)  # bounded: streams run for days
-
-    def line(self, sources: Sequence[Source], rec: Predictor) -> str:
-        dt = max(time.monotonic() - self.t0, 1e-9)
-        n = max(sum(self.frames.values()), 1)
-        stages = " ".join(f"{k} {v / n:.2f}" for k, v in self.ms.items())
-        fps = " ".join(f"{s.name}={self.frames.get(s.name, 0) / dt:.1f}" for s in sources)
-        dropped = sum(s.stats().dropped for s in sources) + sum(self.replaced.values())
-        corrupt = sum(s.stats().corrupt for s in sources)
-        skipped = sum(self.skipped.values())
-        lat = f"{np.median(self.latency):.1f}" if self.latency else "-"
-        st = rec.stats
-        hit = ""
-        if st["tokens_saved"]:
-            hit = f" | prefix reuse: hits {st['reuse_hits']}/{st['frames']}, tokens saved "
-            hit += f"{st['tokens_saved']}/{st['tokens_total']}"
-        return (
-            f"[metrics] ms/frame {stages} | fps {fps} | dropped {dropped} corrupt {corrupt} "
-            f"skipped {skipped} | "
-            f"latency p50 {lat} ms{hit}"
+def __getattr__(name: str):  # PEP 562
+    if name == "Metrics":  # the stream's counters and its metrics line moved to stats.py
+        warnings.warn(
+            "pixlm.runtime.stream.Metrics moved to pixlm.runtime.stats.StreamCounters (the metrics "
+            "line: RunStats.line); import it from there",
+            DeprecationWarning,
+            stacklevel=2,
         )
+        return StreamCounters
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -208,16 +182,15 @@ class Streamer:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse, self.threshold = prefix_reuse, anomaly_threshold
         self.score_field = ANOMALY_SCORES[anomaly_score]  # the Result field events compare
-        self.nll_map = nll_map or anomaly_threshold is not None
+        self.nll_map = nll_map  # heat maps: only for an output that draws them (the overlay)
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
-        self.metrics = Metrics()
-        self.engine_calls: Counter[int] = Counter()  # regions per engine call -> calls (running total)
         self._stop = threading.Event()
         self._lanes = Lanes(depth=max_batch)  # a batch of prepared regions per source
-        self.metrics.replaced = self._lanes.dropped
+        # what the stream counts, read by RunStats.of (the lanes count the live frames they replace)
+        self.counters = StreamCounters(replaced=self._lanes.dropped)
         self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
-        self._memory: dict[tuple[str, str], Prefix | None] = {}
+        self._memory = PrefixMemory()  # keyed by (source name, region name)
         self._open = dict(
             stride=stride,
             realtime=realtime,
@@ -256,13 +229,13 @@ class Streamer:
         worker = threading.Thread(target=self._prepare_loop, name="pixlm-prepare", daemon=True)
         worker.start()
         done = 0
-        last_metrics = time.monotonic()
+        last_metrics, shown = time.monotonic(), None  # shown: the last metrics line's snapshot
         try:
             while not self._stop.is_set():
                 left = None if self.max_frames is None else self.max_frames - done
                 t0 = time.perf_counter()
                 batch = self._lanes.take(self.max_batch, left, first_wait=0.1, window=self.max_wait)
-                self.metrics.ms["capture_wait"] += 1e3 * (time.perf_counter() - t0)
+                self.counters.waited(1e3 * (time.perf_counter() - t0))
                 if batch is None:  # every source ended and every frame was served
                     break
                 if batch:
@@ -272,14 +245,17 @@ class Streamer:
                     if left is not None and done >= self.max_frames:
                         break
                 if self.on_metrics and time.monotonic() - last_metrics >= self.metrics_every:
-                    self.on_metrics(self.metrics.line(self.sources, self.rec))
-                    self.metrics.reset()
-                    last_metrics = time.monotonic()
+                    now = RunStats.of(self)
+                    self.on_metrics(now.line(since=shown))
+                    shown, last_metrics = now, time.monotonic()
         finally:
             self._stop.set()
             worker.join(timeout=5)
-        if self.on_metrics and sum(self.metrics.frames.values()):
-            self.on_metrics(self.metrics.line(self.sources, self.rec))
+            self.counters.end()
+        if self.on_metrics:  # the frames since the last line, if any
+            now = RunStats.of(self)
+            if now.frames > (shown.frames if shown else 0):
+                self.on_metrics(now.line(since=shown))
 
     def _prepare_loop(self) -> None:
         """Worker thread: poll the sources, crop and tokenize each new frame, queue it.
@@ -308,7 +284,7 @@ class Streamer:
                     regions = self._regions_of(frame, s)
                     if regions is None:
                         if s.name not in self._unfit:
-                            self.metrics.skipped[s.name] = self.metrics.skipped.get(s.name, 0) + 1
+                            self.counters.skip(s.name)
                         continue
                     try:
                         image = self.rec.tokenizer.match_channels(frame.image)  # once, not per region
@@ -369,27 +345,19 @@ class Streamer:
         cap = min(self.max_batch, getattr(rec.engine, "max_batch", None) or self.max_batch)
         results: list = [None] * len(keys)
         if self.prefix_reuse:
-            # A region seen twice in one batch (several frames of one file) must reuse its own
-            # previous frame: run the batch in waves, each holding a region at most once.
-            seen: dict[tuple[str, str], int] = {}
-            waves: list[list[int]] = []
-            for i, key in enumerate(keys):
-                w = seen[key] = seen.get(key, -1) + 1
-                if w == len(waves):
-                    waves.append([])
-                waves[w].append(i)
-            for wave in waves:
+            # A region seen twice in one batch (several frames of one file) reuses its own previous
+            # frame: the batch runs in waves, each holding a region at most once.
+            for wave in waves(keys):
                 for part in _chunks(wave, cap):
-                    self.engine_calls[len(part)] += 1
-                    memory = [self._memory.get(keys[i]) for i in part]
-                    for i, r in zip(
-                        part, rec.predict_tokens_reusing(tokens[part], memory, self.nll_map), strict=True
-                    ):
+                    self.counters.engine_call(len(part))
+                    memory = self._memory.recall([keys[i] for i in part])
+                    got, prefixes = rec.predict_reusing(tokens[part], memory, self.nll_map)
+                    for i, r in zip(part, got, strict=True):
                         results[i] = r
-                    self._memory.update((keys[i], m) for i, m in zip(part, memory, strict=True))
+                    self._memory.remember([keys[i] for i in part], prefixes)
         else:
             for part in _chunks(list(range(len(keys))), cap):
-                self.engine_calls[len(part)] += 1
+                self.counters.engine_call(len(part))
                 for i, r in zip(part, rec.predict_tokens(tokens[part], nll_map=self.nll_map), strict=True):
                     results[i] = r
         t2 = time.perf_counter()
@@ -409,11 +377,7 @@ class Streamer:
         n = len(batch)
         tok_ms = sum(p.tokenize_ms for p in batch) / n
         timings = {"tokenize": tok_ms, "infer": 1e3 * (t2 - t1) / n, "post": 1e3 * (t3 - t2) / n}
-        m = self.metrics
         for fr in out:
             fr.timings = timings
-            m.frames[fr.source] = m.frames.get(fr.source, 0) + 1
-            m.latency.append(fr.latency_ms)
-        for key in ("tokenize", "infer", "post"):
-            m.ms[key] += timings[key] * n
+        self.counters.served([(fr.source, fr.latency_ms) for fr in out], timings)
         return out

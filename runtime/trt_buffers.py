@@ -99,7 +99,7 @@ class DeviceBuffers:
         vocab: int,
     ):
         self.cudart, self.stream = cudart, stream
-        self.n_kv = 2 * n_layer  # key and value per layer, in manifest order
+        self.n_kv = 2 * n_layer  # key and value per layer, in io_spec order (DecoderIO.past_names)
         self.kv_bytes = max_batch * n_head * max_tokens * head_dim * 4
         ids_bytes, logits_bytes = max_batch * max_tokens * 8, max_batch * max_tokens * vocab * 4
         self._device: list[int] = []

@@ -20,10 +20,10 @@ returns its numbers with the files it wrote (``files``) and, for a stream, its s
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -339,9 +339,6 @@ def completion(rec, test: Dataset, opts: DemoOptions) -> dict:
 
 
 # -- `pixlm run` in a subprocess, and what it wrote --------------------------------------------
-METRICS = re.compile(r"ms/frame (?P<stages>[a-z_ 0-9.]+?) \| fps (?P<fps>\S+)")
-
-
 def pixlm_exe() -> list[str]:
     """The `pixlm` console script beside this interpreter: the command users type."""
     exe = shutil.which("pixlm", path=str(Path(sys.executable).parent)) or shutil.which("pixlm")
@@ -349,22 +346,27 @@ def pixlm_exe() -> list[str]:
 
 
 def pixlm_run(args: list[str], log: Callable[[str], None]) -> dict:
-    """`pixlm run ARGS -q` with one metrics line, at the end, over the whole run: its frames/s and
-    ms per frame by stage, and the wall time with start-up. A failed run raises its `Error:` line."""
+    """`pixlm run ARGS -q --stats-json`: over the whole run, the first source's frames/s and the ms
+    per frame by stage (at the metrics line's precision), and the wall time with start-up. A failed
+    run raises its `Error:` line."""
     log("  $ pixlm run " + " ".join(args))
-    t = time.perf_counter()
-    p = subprocess.run(
-        [*pixlm_exe(), "run", *args, "-q", "--metrics-every", "86400"], capture_output=True, text=True
-    )
-    speed: dict = {"wall_s": round(time.perf_counter() - t, 1)}
-    if p.returncode != 0:
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip()] or [""]
-        why = next((ln for ln in reversed(lines) if ln.startswith("Error:")), lines[-1])
-        raise ValueError(f"pixlm run exited {p.returncode}: {why.removeprefix('Error: ')}")
-    if m := list(METRICS.finditer(p.stderr)):
-        words = m[-1]["stages"].split()
-        speed["ms_per_frame"] = {k: float(v) for k, v in zip(words[::2], words[1::2], strict=True)}
-        speed["fps"] = float(m[-1]["fps"].rpartition("=")[2])
+    with tempfile.TemporaryDirectory() as tmp:
+        stats_json = Path(tmp) / "stats.json"
+        t = time.perf_counter()
+        p = subprocess.run(
+            [*pixlm_exe(), "run", *args, "-q", "--stats-json", str(stats_json)],
+            capture_output=True,
+            text=True,
+        )
+        speed: dict = {"wall_s": round(time.perf_counter() - t, 1)}
+        if p.returncode != 0:
+            lines = [ln for ln in p.stderr.splitlines() if ln.strip()] or [""]
+            why = next((ln for ln in reversed(lines) if ln.startswith("Error:")), lines[-1])
+            raise ValueError(f"pixlm run exited {p.returncode}: {why.removeprefix('Error: ')}")
+        stats = json.loads(stats_json.read_text())
+    if stats["frames"]:
+        speed["ms_per_frame"] = {k: round(v, 2) for k, v in stats["ms_per_frame"].items()}
+        speed["fps"] = round(stats["sources"][0]["fps"], 1)
     return speed
 
 

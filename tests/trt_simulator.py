@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pixlm.runtime import manifest as mf
+from pixlm.runtime import io_spec as mf
 
 
 class Memory:

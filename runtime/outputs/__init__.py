@@ -11,7 +11,7 @@
 
 A sink has ``write(fr)``, ``event(record)`` and ``close()``. ``write`` and ``event`` must not
 block the stream: network sinks queue (bounded) and send from their own thread. Event records
-follow one schema (``events.py``), so a JSON line, an MQTT payload and a webhook body are the same
+follow one schema (``pixlm.runtime.records``), so a JSON line, an MQTT payload and a webhook body are the same
 object. ``pixlm run`` closes every sink on exit, Ctrl-C and SIGTERM included.
 
 A failing output never stops the stream. A local one (an ``OSError`` from a sink or the snapshot
@@ -20,6 +20,9 @@ writer: a full disk, a deleted folder) and a network one that cannot recover by 
 through ``on_warning`` and as a ``status`` event whose ``source`` is ``output:NAME``, counted, and
 listed by ``failed()``: ``pixlm run`` then exits 1 at the end, naming them. ``close`` drains the
 network outputs all at once, within one bound (``close_s``, 5 s), while the local ones close.
+
+``Outputs`` counts the events it sends (by kind and source) and lists the network outputs, whose
+delivery buckets they count: ``pixlm.runtime.stats.RunStats.of(streamer, outputs)`` reads both.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pixlm.runtime.outputs.delivery import QueuedDelivery
-from pixlm.runtime.outputs.events import KINDS, EventTracker, status_record
+from pixlm.runtime.outputs.events import EventTracker
 from pixlm.runtime.outputs.snapshots import SnapshotWriter
+from pixlm.runtime.records import KINDS, status_record
 from pixlm.runtime.sources import SourceEvent
 from pixlm.runtime.stream import FrameResult
 
@@ -96,7 +100,7 @@ class Outputs:
         self.sinks: list[Sink] = []
         self.snapshots = snapshots
         self.tracker = EventTracker()
-        self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self._sent: dict[str, dict[str, int]] = {kind: {} for kind in KINDS}  # kind -> source -> events
         self.on_warning = on_warning or (lambda line: log.warning("%s", line))
         self.close_s = close_s
         self._failures: dict[str, OutputFailure] = {}
@@ -108,11 +112,23 @@ class Outputs:
         if isinstance(sink, QueuedDelivery):
             sink.listen(self._notice)
             sink.drain_s = min(sink.drain_s, max(0.0, self.close_s - HANGUP_S))
+        if hasattr(sink, "attach_outputs"):  # the live view: its /metrics shows these events and buckets
+            sink.attach_outputs(self)
         self.sinks.append(sink)
 
     def deliveries(self) -> list[QueuedDelivery]:
-        """The network outputs, whose ``stats`` (delivery buckets) the summary reads."""
+        """The network outputs, whose ``stats`` count their delivery buckets."""
         return [s for s in self.sinks if isinstance(s, QueuedDelivery)]
+
+    def events_sent(self) -> dict[str, dict[str, int]]:
+        """Events sent so far: kind -> source -> count (every kind in ``KINDS``, in its order)."""
+        with self._lock:
+            return {kind: dict(by_source) for kind, by_source in self._sent.items()}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events sent so far, by kind (every kind in ``KINDS``, in its order)."""
+        return {kind: sum(by_source.values()) for kind, by_source in self.events_sent().items()}
 
     def frame(self, fr: FrameResult) -> list[dict]:
         events = self.tracker.events(fr)
@@ -136,7 +152,9 @@ class Outputs:
 
     def _send(self, record: dict, skip: object = None) -> None:
         with self._lock:
-            self.counts[record["type"]] = self.counts.get(record["type"], 0) + 1
+            by_source = self._sent.setdefault(record["type"], {})
+            source = record.get("source", "")
+            by_source[source] = by_source.get(source, 0) + 1
         for sink in self.sinks:
             if sink is skip:
                 continue

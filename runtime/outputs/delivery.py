@@ -10,7 +10,8 @@
 
 Nothing is lost while the peer is away, up to ``queue_size`` records; a record is removed only once
 the peer has acknowledged it, so a record whose acknowledgement was lost is sent again: delivery is
-at least once. Every record put ends in exactly one bucket of ``DeliveryStats``:
+at least once. Every record put ends in exactly one bucket of ``DeliveryStats`` (its home is
+``pixlm.runtime.stats``, with the run's other statistics; ``counts()`` copies it for ``RunStats``):
 
 * ``delivered``: the peer acknowledged it (a record dropped at the bound while it was already being
   sent, and then acknowledged, counts here, not as dropped);
@@ -27,37 +28,20 @@ peer. ``Outputs`` turns notices into console lines and status events.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from pixlm.runtime.stats import DeliveryStats  # the type of QueuedDelivery.stats
 
 log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
     """Raised by ``deliver``: the peer refused this record for good (the message says why)."""
-
-
-@dataclass
-class DeliveryStats:
-    """One network output's counts; the closing summary and the exit status read them."""
-
-    put: int = 0  # records handed to the output: the sum of the four buckets once closed
-    delivered: int = 0
-    refused: int = 0
-    dropped: int = 0  # at the queue bound
-    unsent: int = 0  # at exit
-    retries: int = 0  # failed tries that were tried again (not a bucket: one record may retry often)
-    failure: str | None = None  # why the peer can take nothing until someone fixes it
-
-    def summary(self) -> str:
-        return (
-            f"{self.delivered} delivered, {self.refused} refused, "
-            f"{self.dropped} dropped at the queue bound, {self.unsent} unsent at exit"
-        )
 
 
 # on_notice(output, kind, message): kind is "refused" (the first refusal of each reason),
@@ -106,6 +90,11 @@ class QueuedDelivery:
             self._seq += 1
             self._queue.append((self._seq, record))
             self._cond.notify_all()
+
+    def counts(self) -> DeliveryStats:
+        """A copy of ``stats`` taken under the lock: the buckets at one moment (``RunStats.of``)."""
+        with self._cond:
+            return copy.copy(self.stats)
 
     @property
     def pending(self) -> int:

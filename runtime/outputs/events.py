@@ -1,13 +1,10 @@
-"""The one event schema: what the JSON Lines, MQTT, webhooks and the live view all carry.
+"""When a region's result becomes an event: the rising edge of an anomaly, a change of label.
 
-Three kinds besides the per-region ``result`` records (``FrameResult.records``):
+Two kinds come from the frames (``status`` comes from the sources); their fields are built in
+``pixlm.runtime.records``, the one home of every record's schema:
 
-* ``status``: a source's status changed. Fields: type, source, status, timestamp, message.
-* ``anomaly``: a region's anomaly score rose above the threshold (once per crossing). Fields:
-  type, source, frame, timestamp, region {name, xywh}, label, known, score, anomaly,
-  anomaly_peak, snapshot, crop.
-* ``label``: a region's label changed (its first label counts as a change). Fields: type,
-  source, frame, timestamp, region, label, previous, score.
+* ``anomaly``: a region's anomaly score rose above the threshold (once per crossing).
+* ``label``: a region's label changed (its first label counts as a change).
 
 An anomaly event fires on the rising edge only: a region above the threshold for 50 frames is one
 event, not 50, and it fires again after the score has fallen below. ``snapshot``/``crop`` name the
@@ -16,20 +13,26 @@ JPEGs ``--snapshots`` wrote (file names in that folder), else null.
 
 from __future__ import annotations
 
-from pixlm.runtime.sources import SourceEvent, source_slug  # noqa: F401 - re-exported for the sinks
+import warnings
+
+from pixlm.runtime import records, sources
+from pixlm.runtime.records import event_record
 from pixlm.runtime.stream import FrameResult
 
-KINDS = ("anomaly", "label", "status")
+# Names whose home moved: still importable from here for one version, with a DeprecationWarning.
+_MOVED = {"KINDS": records, "status_record": records, "source_slug": sources, "SourceEvent": sources}
 
 
-def status_record(e: SourceEvent) -> dict:
-    return {
-        "type": "status",
-        "source": e.source,
-        "status": e.status,
-        "timestamp": round(e.time, 6),
-        "message": e.message,
-    }
+def __getattr__(name: str):  # PEP 562
+    if name in _MOVED:
+        home = _MOVED[name].__name__
+        warnings.warn(
+            f"pixlm.runtime.outputs.events.{name} moved to {home}.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_MOVED[name], name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class EventTracker:
@@ -46,40 +49,14 @@ class EventTracker:
             res = rr.result
             fire = rr.anomalous and not self._hot.get(key, False)
             change = bool(res.label) and res.label != self._label.get(key)  # a label-free model has none
-            if not (fire or change):  # the common case, per region per frame: nothing to build
-                self._hot[key] = rr.anomalous
-                continue
-            base = {
-                "source": fr.source,
-                "frame": fr.index,
-                "timestamp": round(fr.timestamp, 6),
-                "region": {"name": rr.region.name, "xywh": rr.region.to_list()},
-            }
-            if fire:
-                out.append(
-                    {
-                        "type": "anomaly",
-                        **base,
-                        "label": res.label,
-                        "known": res.known,
-                        "score": round(res.score, 6),
-                        "anomaly": round(res.anomaly, 6),
-                        "anomaly_peak": round(res.anomaly_peak, 6),
-                        "snapshot": None,
-                        "crop": None,
-                    }
-                )
             self._hot[key] = rr.anomalous
+            if not (fire or change):  # the common case, per region per frame: nothing to build
+                continue
+            where = (fr.source, fr.index, fr.timestamp, rr.region, res)
+            if fire:
+                out.append(event_record("anomaly", *where))
             if change:
                 previous = self._label.get(key)
                 self._label[key] = res.label
-                out.append(
-                    {
-                        "type": "label",
-                        **base,
-                        "label": res.label,
-                        "previous": previous,
-                        "score": round(res.score, 6),
-                    }
-                )
+                out.append(event_record("label", *where, previous=previous))
         return out

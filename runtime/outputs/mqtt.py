@@ -2,10 +2,10 @@
 
 Topics (``PREFIX`` from the URL's path, default ``pixlm``)::
 
-    PREFIX/<source>/anomaly   PREFIX/<source>/label   PREFIX/<source>/status   (QoS 1, JSON: events.py)
+    PREFIX/<source>/anomaly   PREFIX/<source>/label   PREFIX/<source>/status   (QoS 1, JSON: records.py)
     PREFIX/status             "online" / "offline", retained; "offline" is the last will
 
-``<source>`` is the source's name made topic-safe (``events.source_slug``). While the broker is
+``<source>`` is the source's name made topic-safe (``sources.source_slug``). While the broker is
 down, events wait in a bounded queue (``QueuedDelivery``) and go out in order once paho has
 reconnected: at least once within the bound; the ones dropped beyond it are counted.
 
@@ -27,7 +27,8 @@ import traceback
 from urllib.parse import unquote, urlsplit
 
 from pixlm.runtime.outputs.delivery import QueuedDelivery
-from pixlm.runtime.outputs.events import KINDS, source_slug
+from pixlm.runtime.records import KINDS
+from pixlm.runtime.sources import source_slug
 from pixlm.runtime.stream import FrameResult
 
 PAHO_HINT = 'pip install "paho-mqtt>=2,<3" (or pixlm[mqtt])'

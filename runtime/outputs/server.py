@@ -6,7 +6,7 @@
     GET /stream/N.mjpg      source N's overlay as MJPEG (multipart/x-mixed-replace), at most 10 fps
     GET /frame/N.jpg        source N's latest overlay, one JPEG
     GET /api/state?after=K  JSON: sources, events with sequence number > K, the metrics line
-    GET /metrics            Prometheus text format (metrics.py)
+    GET /metrics            Prometheus text format (metrics.py): the run's statistics (stats.py)
 
 Any other path is 404. The page is one HTML string with a little JavaScript that polls
 ``/api/state`` once a second: no build step. Overlays are drawn and encoded only when someone
@@ -46,8 +46,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 
-from pixlm.runtime.outputs.metrics import FleetMetrics
+from pixlm.runtime.outputs import metrics
 from pixlm.runtime.outputs.video import draw_overlay
+from pixlm.runtime.stats import RateMeter, RunStats
 from pixlm.runtime.stream import FrameResult
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class LiveServer:
     """A sink: keeps each source's latest frame and the recent events, and serves them.
 
     ``cert``/``key`` serve HTTPS; ``max_connections`` and ``timeout`` bound what clients can hold.
+    ``/metrics`` and the sources' status read :meth:`stats`: the streamer given to ``attach`` and
+    the ``Outputs`` this server was added to (``Outputs.add`` calls ``attach_outputs``).
     """
 
     def __init__(
@@ -130,12 +133,12 @@ class LiveServer:
         check_exposure(host, token)
         self.host = host
         self.sources, self.token = list(sources), token
-        self.metrics = FleetMetrics()
-        self.streamer = None  # set by attach(): adds source and engine counters to /metrics
+        self.streamer = None  # set by attach(): its frames, sources and engine counters for /metrics
+        self.outputs = None  # set by attach_outputs(): the events and delivery buckets for /metrics
         self.metrics_line = ""
         self._cond = threading.Condition()
         self._latest: dict[str, tuple[int, FrameResult]] = {}
-        self._arrivals: dict[str, deque[float]] = {}  # for the FPS drawn on the overlay
+        self._rates: dict[str, RateMeter] = {}  # results arriving here: the FPS drawn on the overlay
         self._jpeg: dict[str, tuple[int, bytes]] = {}  # the one encoded overlay every viewer sends
         self._encoding: dict[str, threading.Lock] = {}
         self._encoder = ThreadPoolExecutor(1, "pixlm-serve-jpeg")
@@ -157,6 +160,13 @@ class LiveServer:
     def attach(self, streamer) -> None:
         self.streamer = streamer
 
+    def attach_outputs(self, outputs) -> None:
+        self.outputs = outputs
+
+    def stats(self) -> RunStats:
+        """The run's statistics now (``RunStats.of`` the attached streamer and outputs)."""
+        return RunStats.of(self.streamer, self.outputs)
+
     def access_note(self) -> str:
         """What the console says after the address: how to get in, and plain HTTP on a network."""
         note = " (token required: ?token=... or an 'Authorization: Bearer' header)" if self.token else ""
@@ -166,15 +176,13 @@ class LiveServer:
 
     # -- the sink interface ------------------------------------------------------------------------
     def write(self, fr: FrameResult) -> None:
-        self.metrics.observe(fr)
         with self._cond:
             self._seq += 1
             self._latest[fr.source] = (self._seq, fr)
-            self._arrivals.setdefault(fr.source, deque(maxlen=30)).append(time.monotonic())
+            self._rates.setdefault(fr.source, RateMeter()).tick()
             self._cond.notify_all()
 
     def event(self, record: dict) -> None:
-        self.metrics.event(record)
         with self._cond:
             self._seq += 1
             self._events.append((self._seq, record))
@@ -202,8 +210,7 @@ class LiveServer:
                 cached = self._jpeg.get(source)
                 if cached and cached[0] == seq:
                     return cached
-                t = self._arrivals[source]
-                fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+                fps = self._rates[source].fps()
             # In one thread: encoding in each viewer's own thread grew one malloc arena per viewer
             data = self._encoder.submit(_encode, fr, fps).result()
             if data is None:
@@ -216,9 +223,7 @@ class LiveServer:
             events = [dict(r, seq=s) for s, r in self._events if s > after]
             last = self._seq
             frames = {src: fr.index for src, (_, fr) in self._latest.items()}
-        status = {}
-        if self.streamer is not None:
-            status = {s.name: s.status for s in list(self.streamer.sources)}
+        status = {s.name: s.status for s in RunStats.of(self.streamer).sources}
         return {
             "sources": [
                 {"index": i, "name": s, "frame": frames.get(s), "status": status.get(s)}
@@ -364,7 +369,7 @@ def _handler(server: LiveServer, timeout: float) -> type[BaseHTTPRequestHandler]
             if path == "/":
                 return self._send(HTTPStatus.OK, _page(server).encode(), "text/html; charset=utf-8")
             if path == "/metrics":
-                text = server.metrics.render(server.streamer).encode()
+                text = metrics.render(server.stats()).encode()
                 return self._send(HTTPStatus.OK, text, "text/plain; version=0.0.4; charset=utf-8")
             if path == "/api/state":
                 try:

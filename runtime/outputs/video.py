@@ -6,13 +6,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from pixlm.runtime.sources import source_names
+from pixlm.runtime.stats import RateMeter
 from pixlm.runtime.stream import FrameResult
 
 
@@ -42,7 +42,7 @@ class VideoSink:
         self._writers: dict[str, tuple[cv2.VideoWriter, Path, Path]] = {}
         self._frames: dict[str, int] = {}  # frames handed to each writer
         self._unwritable: set[str] = set()  # sources whose writer would not open
-        self._clock: dict[str, list[float]] = {}
+        self._rates: dict[str, RateMeter] = {}  # results arriving here: the FPS drawn on the overlay
         self._sizes: dict[str, tuple[int, int]] = {}  # each writer's frame size: the source's first
         self._written: list[Path] = []
 
@@ -71,10 +71,9 @@ class VideoSink:
         self._frames[fr.source] += 1
 
     def _fps(self, source: str) -> float:
-        t = self._clock.setdefault(source, [])
-        t.append(time.monotonic())
-        del t[:-30]
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        rate = self._rates.setdefault(source, RateMeter())
+        rate.tick()
+        return rate.fps()
 
     def event(self, record: dict) -> None:
         pass

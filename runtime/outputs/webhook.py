@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 from pixlm import __version__
 from pixlm.runtime.outputs.delivery import QueuedDelivery, Refused
-from pixlm.runtime.outputs.events import KINDS
+from pixlm.runtime.records import KINDS
 from pixlm.runtime.stream import FrameResult
 
 RETRY_STATUS = {408, 429}

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pixlm.export import cli, pipeline
 from pixlm.runtime import manifest as mf
+from pixlm.runtime.io_spec import ATOL_FP32
 
 # The tiny model on 200 images: one image is 0.5 points, so the gate gets slack (2 points) here.
 FAST = [
@@ -52,7 +53,7 @@ def test_export_writes_a_bundle(tiny_checkpoint, tmp_path):
     assert "| format | size MB | held-out accuracy |" in r.output
     man = json.loads((out / mf.MANIFEST).read_text())
     assert set(man[mf.K_FILES]) == {mf.FP32, mf.INT8}
-    assert man[mf.K_METRICS][mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32
+    assert man[mf.K_METRICS][mf.FP32][mf.M_MAX_ABS_DIFF] <= ATOL_FP32
     fp32, int8 = man[mf.K_METRICS][mf.FP32][mf.M_ACCURACY], man[mf.K_METRICS][mf.INT8][mf.M_ACCURACY]
     assert 100 * (fp32 - int8) <= 2
     assert man[mf.K_IO]["tensorrt_lint"]["problems"] == []
@@ -201,7 +202,7 @@ def test_a_variant_below_the_gate_is_left_out_and_named(tiny_checkpoint, tmp_pat
     assert not (out / mf.onnx_filename(mf.INT8_DYNAMIC)).exists()
     assert man[mf.K_RECOMMENDED]["cpu"] in man[mf.K_FILES]
     assert man[mf.K_METRICS][mf.INT8][mf.M_REUSE_MAX_ABS_DIFF] < 1.0
-    assert man[mf.K_METRICS][mf.FP32][mf.M_REUSE_MAX_ABS_DIFF] <= mf.ATOL_FP32
+    assert man[mf.K_METRICS][mf.FP32][mf.M_REUSE_MAX_ABS_DIFF] <= ATOL_FP32
 
 
 def test_every_variant_below_the_gate_fails_the_export(tiny_checkpoint, tmp_path):

@@ -14,6 +14,7 @@ from pixlm.data import load_fashion_mnist
 from pixlm.export import quantize, tensorrt, validate
 from pixlm.export.onnx_export import export_onnx
 from pixlm.model import PixLM, PixLMConfig
+from pixlm.runtime import io_spec as spec
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.engine import OrtEngine
 
@@ -28,8 +29,7 @@ def tiny(tiny_checkpoint):
 def seqs(tiny):
     """[BOS, tokens] of the first 64 real test images."""
     _, tok = tiny
-    tokens = tok.encode_prepared(load_fashion_mnist(split="test").images[:64])
-    return np.concatenate([np.full((64, 1), tok.bos), tokens], axis=1)
+    return spec.with_bos(tok.bos, tok.encode_prepared(load_fashion_mnist(split="test").images[:64]))
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +41,39 @@ def test_onnx_follows_the_contract(tiny, fp32_path):
     model, _ = tiny
     L = model.cfg.n_layer
     proto = onnx.load(str(fp32_path))
-    assert [i.name for i in proto.graph.input] == mf.input_names(L)
-    assert [o.name for o in proto.graph.output] == mf.output_names(L)
-    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {mf.OPSET}
+    assert [i.name for i in proto.graph.input] == spec.input_names(L)
+    assert [o.name for o in proto.graph.output] == spec.output_names(L)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {spec.OPSET}
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
     hs = model.cfg.d_model // model.cfg.n_head
-    assert dims(proto.graph.input[0]) == [mf.BATCH, mf.SEQ]
-    assert dims(proto.graph.input[1]) == [mf.BATCH, model.cfg.n_head, mf.PAST, hs]
-    assert dims(proto.graph.output[0]) == [mf.BATCH, mf.SEQ, model.cfg.vocab_size]
+    assert dims(proto.graph.input[0]) == [spec.BATCH, spec.SEQ]
+    assert dims(proto.graph.input[1]) == [spec.BATCH, model.cfg.n_head, spec.PAST, hs]
+    assert dims(proto.graph.output[0]) == [spec.BATCH, spec.SEQ, model.cfg.vocab_size]
+    axes = spec.DecoderIO.from_config(model.cfg.to_dict()).dynamic_axes()
+    for v in [*proto.graph.input, *proto.graph.output]:  # every symbolic dimension as the spec declares
+        assert {i: d for i, d in enumerate(dims(v)) if isinstance(d, str)} == axes[v.name]
     # one self-contained file: no initializer stored outside it, nothing written beside it
     assert all(i.data_location != onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
     assert sorted(p.name for p in fp32_path.parent.iterdir()) == [fp32_path.name]
     onnx.checker.check_model(str(fp32_path), full_check=True)
 
 
+def test_moved_export_names_still_import_with_a_warning(tiny):
+    from pixlm.export import onnx_export, tensorrt
+
+    cfg = tiny[0].cfg.to_dict()
+    with pytest.warns(DeprecationWarning, match="onnx_export.dynamic_axes moved to pixlm.runtime.io_spec"):
+        axes = onnx_export.dynamic_axes(cfg["n_layer"])
+    assert axes == spec.DecoderIO.from_config(cfg).dynamic_axes()
+    with pytest.warns(DeprecationWarning, match="tensorrt.profiles moved to pixlm.runtime.io_spec"):
+        shapes = tensorrt.profiles(cfg, 8)
+    assert shapes == spec.DecoderIO.from_config(cfg).trt_profiles(8)
+
+
 def test_validation_passes_on_real_images(tiny, fp32_path, seqs):
     m = validate.validate(tiny[0], OrtEngine(fp32_path, threads=1), seqs)
-    assert m[mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32
-    assert m[mf.M_KV_MAX_ABS_DIFF] <= mf.ATOL_FP32
+    assert m[mf.M_MAX_ABS_DIFF] <= spec.ATOL_FP32
+    assert m[mf.M_KV_MAX_ABS_DIFF] <= spec.ATOL_FP32
     assert m[mf.M_LABEL_AGREEMENT] == 1.0
 
 
@@ -81,7 +96,7 @@ def test_engine_decode_matches_prefill(fp32_path, seqs):
         logits, past = engine.run(seqs[:4, t : t + 1], past)
         steps.append(logits)
     assert past[0][0].shape[2] == seqs.shape[1]
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=mf.ATOL_FP32)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=spec.ATOL_FP32)
 
 
 def test_perturbed_weight_raises_tolerance_error(tiny, fp32_path, seqs, tmp_path):
@@ -94,14 +109,14 @@ def test_perturbed_weight_raises_tolerance_error(tiny, fp32_path, seqs, tmp_path
     onnx.save(proto, str(bad))
     with pytest.raises(validate.ToleranceError) as err:
         validate.validate(tiny[0], OrtEngine(bad, threads=1), seqs)
-    assert err.value.max_abs_diff > mf.ATOL_FP32
-    assert "max |Δ|" in str(err.value) and f"{mf.ATOL_FP32:.3g}" in str(err.value)
+    assert err.value.max_abs_diff > spec.ATOL_FP32
+    assert "max |Δ|" in str(err.value) and f"{spec.ATOL_FP32:.3g}" in str(err.value)
     assert isinstance(err.value, validate.ValidationError) and isinstance(err.value, ValueError)
 
 
 def test_missing_output_raises(tiny, fp32_path, seqs, tmp_path):
     proto = onnx.load(str(fp32_path))
-    last = mf.present_value(tiny[0].cfg.n_layer - 1)
+    last = spec.present_value(tiny[0].cfg.n_layer - 1)
     keep = [o for o in proto.graph.output if o.name != last]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
@@ -113,7 +128,7 @@ def test_missing_output_raises(tiny, fp32_path, seqs, tmp_path):
     other = dataclasses.replace(tiny[0].cfg, n_layer=tiny[0].cfg.n_layer + 1)
     with pytest.raises(validate.MissingOutputError) as err:
         validate.check_io(engine, other)
-    assert mf.past_key(other.n_layer - 1) in err.value.missing
+    assert spec.past_key(other.n_layer - 1) in err.value.missing
 
 
 def test_kv_shape_mismatch_raises_shape_error(tiny, fp32_path):
@@ -174,7 +189,7 @@ def test_attention_chunks_are_exact_for_every_split(fp32_path, seqs):
             logits, past = engine.run(seqs[:3, pos:end], past)
             pieces.append(logits)
             pos = end
-        np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=mf.ATOL_FP32)
+        np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=spec.ATOL_FP32)
 
 
 def test_prefix_reuse_deviation_float_exact_dynamic_measured(tiny, fp32_path, seqs, tmp_path):
@@ -182,9 +197,9 @@ def test_prefix_reuse_deviation_float_exact_dynamic_measured(tiny, fp32_path, se
 
     n_labels = tiny[0].cfg.n_labels
     diff, agree = measure.prefix_reuse_deviation(OrtEngine(fp32_path, threads=1), seqs[:16], n_labels)
-    assert diff <= mf.ATOL_FP32 and agree == 1.0
+    assert diff <= spec.ATOL_FP32 and agree == 1.0
     dyn = tmp_path / "dyn.onnx"
     quantize.quantize_dynamic_int8(fp32_path, dyn)
     diff, agree = measure.prefix_reuse_deviation(OrtEngine(dyn, threads=1), seqs[:16], n_labels)
-    assert mf.ATOL_FP32 < diff < 1.0  # per-call activation ranges: not exact, not broken
+    assert spec.ATOL_FP32 < diff < 1.0  # per-call activation ranges: not exact, not broken
     assert 0.5 <= agree <= 1.0

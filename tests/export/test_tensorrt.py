@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_EXPORT, run_cli
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle
+from pixlm.runtime.io_spec import with_bos
 
 
 def test_engine_builds_and_matches_onnx_runtime(tiny_checkpoint, tmp_path):
@@ -30,8 +31,7 @@ def test_engine_builds_and_matches_onnx_runtime(tiny_checkpoint, tmp_path):
         meta["tensorrt"] == trt.__version__ and meta["source_sha256"] == bundle.files["int8"].entry["sha256"]
     )
     ort, engine = OrtEngine(bundle.path("int8")), TrtEngine(bundle.path("tensorrt-int8"))
-    ids = np.full((2, 5), bundle.vocabulary["bos"], dtype=np.int64)
-    ids[:, 1:] = np.arange(8).reshape(2, 4)
+    ids = with_bos(bundle.vocabulary["bos"], np.arange(8).reshape(2, 4))
     want, _ = ort.prefill(ids)
     got, past = engine.prefill(ids)
     assert np.abs(got - want).max() < 0.05

@@ -17,6 +17,7 @@ from conftest import VTEST, pixlm_run
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, BundleWarning, manifest_sha256
 from pixlm.runtime.engine import OrtEngine
+from pixlm.runtime.io_spec import ATOL_FP32, KV_LAYOUT, OPSET, DecoderIO, input_names, with_bos
 
 
 @pytest.fixture
@@ -44,11 +45,11 @@ def test_loads_a_real_bundle(tiny_bundle):
     assert b.files[mf.INT8].entry[mf.F_QUANTIZATION] == mf.QUANT_QDQ
     assert len(b.labels) == b.model_config["n_labels"] == 10
     assert b.tokenizer.n_codes == b.model_config["n_codes"] == b.vocabulary["n_codes"]
-    assert b.io["inputs"] == mf.input_names(b.model_config["n_layer"])
-    assert b.io["kv_layout"] == mf.KV_LAYOUT and b.io["opset"] == mf.OPSET
+    assert b.io["inputs"] == input_names(b.model_config["n_layer"])
+    assert b.io["kv_layout"] == KV_LAYOUT and b.io["opset"] == OPSET
     assert b.recommended("cpu") in b.files
     m = b.metrics
-    assert m[mf.FP32][mf.M_MAX_ABS_DIFF] <= mf.ATOL_FP32 and m[mf.FP32][mf.M_LABEL_AGREEMENT] == 1.0
+    assert m[mf.FP32][mf.M_MAX_ABS_DIFF] <= ATOL_FP32 and m[mf.FP32][mf.M_LABEL_AGREEMENT] == 1.0
     assert 100 * (m[mf.FP32][mf.M_ACCURACY] - m[mf.INT8][mf.M_ACCURACY]) <= 2  # TINY_EXPORT's gate
     assert {"pixlm", "torch", "onnx", "onnxruntime"} <= set(b.manifest[mf.K_PRODUCER])
     assert b.manifest[mf.K_MANIFEST_SHA256] == manifest_sha256(b.manifest) and b.warnings == []
@@ -57,12 +58,21 @@ def test_loads_a_real_bundle(tiny_bundle):
         b.path("tensorrt-int8")
 
 
+def test_the_manifest_records_the_io_spec(tiny_bundle):
+    """The manifest's io section is the spec's record of the model it holds (plus what the exporter
+    adds), so a bundle and the engines reading it agree on names, axes and layout."""
+    b = Bundle.load(tiny_bundle)
+    record = DecoderIO.from_config(b.model_config).io_record()
+    assert {k: b.io[k] for k in record} == record
+    assert set(b.io) - set(record) == {"exporter", "tensorrt_lint"}
+
+
 def test_bundle_runs_without_torch(tiny_bundle):
     """Tokenizer + engine from the bundle alone: a blank frame's label and a cached decode step."""
     b = Bundle.load(tiny_bundle)
     engine = OrtEngine(b.path(mf.INT8), threads=1)
     tokens = b.tokenizer.encode(np.zeros((28, 28), np.uint8))
-    seq = np.concatenate([[b.tokenizer.bos], tokens])[None]
+    seq = with_bos(b.tokenizer.bos, tokens[None])
     full, past = engine.prefill(seq)
     assert full.shape == (1, len(tokens) + 1, b.vocabulary["size"])
     assert past[0][0].shape == (1, engine.n_head, len(tokens) + 1, engine.head_dim)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from cameras import free_port
 
 from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.runtime.outputs import Outputs
+from pixlm.runtime.outputs.server import LiveServer
 from pixlm.runtime.outputs.webhook import WebhookSink
+from pixlm.runtime.sources import SourceEvent
 
 needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs Debian's mosquitto")
 
@@ -141,12 +144,57 @@ def test_every_event_ends_in_exactly_one_bucket(peer):
     assert warnings == ["[output refused] webhook: a label event: HTTP 404 (each refusal is counted)"]
 
 
+def test_delivery_buckets_on_the_live_servers_metrics(peer):
+    """/metrics of a real live server shows each network output's buckets as it settles events,
+    and whether it has failed for good: a 401 fails the webhook (up 0) until an event goes through."""
+    answers = {"cam-a": 200, "cam-b": 404, "cam-c": 401}
+    p = peer(lambda path, body, h: (answers[json.loads(body)["source"]], {}))
+    server = LiveServer("127.0.0.1:0", ["cam-a"])
+    outputs = Outputs([server], on_warning=lambda line: None)
+    sink = WebhookSink(p.base + "/hook")
+    outputs.add(sink)
+
+    def scrape(*sources: str) -> dict[str, float]:
+        for source in sources:
+            outputs.status(SourceEvent(source, "ok", time.time(), "streaming"))
+        deadline = time.monotonic() + 10
+        while sink.pending and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with urllib.request.urlopen(f"{server.address}metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        got = {}
+        for line in lines:
+            if line.startswith("pixlm_delivery_"):
+                name, value = line.rsplit(" ", 1)
+                got[name] = float(value)
+        return got
+
+    def webhook(outcome: str) -> str:
+        return f'pixlm_delivery_records_total{{output="webhook",outcome="{outcome}"}}'
+
+    try:
+        got = scrape("cam-a", "cam-b", "cam-c")
+        assert got == {
+            webhook("delivered"): 1,
+            webhook("refused"): 2,  # a 404, and the 401
+            webhook("dropped"): 0,
+            webhook("unsent"): 0,
+            'pixlm_delivery_retries_total{output="webhook"}': 0,
+            'pixlm_delivery_up{output="webhook"}': 0,
+        }
+        got = scrape("cam-a")
+        assert got[webhook("delivered")] == 2 and got['pixlm_delivery_up{output="webhook"}'] == 1
+    finally:
+        outputs.close()
+    assert (sink.stats.delivered, sink.stats.refused) == (2, 2)
+
+
 def test_pixlm_run_reports_refusals_on_the_console_and_counts_them_once(tiny_bundle, tmp_path, peer):
     p = peer(lambda path, body, h: (404, {}) if json.loads(body)["type"] == "label" else (200, {}))
     out = tmp_path / "out.jsonl"
     run = pixlm_run(
         str(VTEST), "--bundle", str(tiny_bundle), "--grid", "2x2", "--max-frames", "10",
-        "--webhook", p.base + "/hook", "--jsonl", str(out), "-q",
+        "--webhook", p.base + "/hook", "--jsonl", str(out), "-q", "--stats-json", str(tmp_path / "s.json"),
     )  # fmt: skip
     _, err = run.communicate(timeout=240)
     assert run.returncode == 0, err
@@ -159,6 +207,13 @@ def test_pixlm_run_reports_refusals_on_the_console_and_counts_them_once(tiny_bun
         f"webhook: {statuses} delivered, {labels} refused, 0 dropped at the queue bound, 0 unsent at exit"
     )
     assert summary in err, err
+    # --stats-json: the same buckets the summary read, and the events by kind and source
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["deliveries"] == [
+        {"output": "webhook", "put": statuses + labels, "delivered": statuses, "refused": labels,
+         "dropped": 0, "unsent": 0, "retries": 0, "failure": None},
+    ]  # fmt: skip
+    assert stats["events"]["label"] == {str(VTEST): labels} and stats["frames"] == 10
 
 
 # -- signing ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_engine_for_another_device_is_refused(device, version):
 import numpy as np  # noqa: E402
 
 from conftest import VTEST  # noqa: E402
-from pixlm.runtime.engine_trt import ProfileRules, profiles  # noqa: E402
+from pixlm.runtime.io_spec import DecoderIO, ProfileRules  # noqa: E402
 from pixlm.runtime.recognizer import Recognizer  # noqa: E402
 from pixlm.runtime.stream import Streamer  # noqa: E402
 
@@ -63,7 +63,9 @@ def test_streaming_obeys_the_tensorrt_profiles(tiny_bundle, n_profiles):
         [rr.result.score for rr in fr.regions]
         for fr in Streamer(rec, [str(VTEST)], grid=(4, 5), max_frames=6, prefix_reuse=False)
     ]
-    bound = RuleBoundEngine(rec.engine, profiles(rec.bundle.model_config, max_batch=8)[:n_profiles])
+    bound = RuleBoundEngine(
+        rec.engine, DecoderIO.from_config(rec.bundle.model_config).trt_profiles(max_batch=8)[:n_profiles]
+    )
     rec.engine = bound
     got = [
         [rr.result.score for rr in fr.regions]
@@ -76,14 +78,15 @@ def test_streaming_obeys_the_tensorrt_profiles(tiny_bundle, n_profiles):
 
 
 def test_profile_rules_match_the_build_profiles():
-    cfg = {"n_head": 2, "d_model": 32, "grid_h": 7, "grid_w": 7, "n_layer": 2}
-    rules = ProfileRules(profiles(cfg, max_batch=16))
+    cfg = {"n_head": 2, "d_model": 32, "grid_h": 7, "grid_w": 7, "n_layer": 2, "n_codes": 64, "n_labels": 10}
+    build = DecoderIO.from_config(cfg).trt_profiles(max_batch=16)
+    rules = ProfileRules(build)
     assert rules.max_batch == 16 and rules.chunked_past
     assert rules.select(16, 50, 0) == 0 and rules.select(3, 1, 30) == 1 and rules.select(3, 20, 30) == 2
     for call in ((17, 50, 0), (1, 51, 0), (1, 50, 1)):
         with pytest.raises(ValueError, match="no optimization profile takes"):
             rules.select(*call)
-    assert not ProfileRules(profiles(cfg, max_batch=16)[:2]).chunked_past
+    assert not ProfileRules(build[:2]).chunked_past
 
 
 @pytest.mark.parametrize(
@@ -147,7 +150,7 @@ def trt_engine(tiny_bundle, tmp_path, monkeypatch):
     memory = trt_simulator.install(monkeypatch)
     bundle = Bundle.load(tiny_bundle)
     path = trt_simulator.write_engine(
-        bundle.path("fp32"), tmp_path / "m.engine", profiles(bundle.model_config, max_batch=8)
+        bundle.path("fp32"), tmp_path / "m.engine", DecoderIO.from_config(bundle.model_config).trt_profiles(8)
     )
     engine = TrtEngine(path)
     yield engine, OrtEngine(bundle.path("fp32"), threads=1), memory, bundle

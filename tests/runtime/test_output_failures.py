@@ -8,6 +8,7 @@ output and its count, exit status 1. The full disk is a real 64 KB tmpfs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -22,11 +23,10 @@ import numpy as np
 import pytest
 
 from conftest import VTEST, pixlm_run, read_jsonl
-from pixlm.runtime.outputs.events import source_slug
 from pixlm.runtime.outputs.jsonl import JsonlSink
 from pixlm.runtime.outputs.snapshots import SnapshotWriter
 from pixlm.runtime.scoring import Result
-from pixlm.runtime.sources import source_names
+from pixlm.runtime.sources import source_names, source_slug
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 
 
@@ -305,3 +305,21 @@ def test_jsonl_rotates_at_its_size_bound_and_keeps_three_old_files(tiny_bundle, 
     frames = [r["frame"] for chunk in chunks for r in chunk if r["type"] == "result"]
     assert all(len(c) > 0 for c in chunks) and frames == sorted(frames) and frames[-1] == 99
     assert frames[0] > 0  # the oldest records went with the file beyond the third
+
+
+def test_stats_json_on_a_full_disk_is_a_failed_output_after_the_closing_line(tiny_bundle, full_disk):
+    with contextlib.suppress(OSError), open(full_disk / "filler", "wb") as f:  # fill it to the last byte
+        for _ in range(1_000):
+            f.write(b"\0" * 1024)
+            f.flush()
+    out = full_disk / "stats.json"
+    rc, err = run_to_end(
+        str(VTEST), "--bundle", str(tiny_bundle), "--max-frames", "5", "-q", "--stats-json", str(out)
+    )
+    assert rc == 1 and "Traceback" not in err, err
+    assert "5 frames from 1 source(s)" in err  # the closing line is said first
+    errors = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"--stats-json {out}" in errors[0] and err.rstrip().endswith(errors[0]), err
+    assert not out.exists() and sorted(p.name for p in full_disk.iterdir()) == [
+        "filler"
+    ]  # no partial file left

@@ -23,8 +23,10 @@ from cameras import free_port
 
 from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.data import load_fashion_mnist
-from pixlm.runtime.outputs.events import EventTracker, source_slug
+from pixlm.runtime.outputs.events import EventTracker
+from pixlm.runtime.records import status_record
 from pixlm.runtime.scoring import Result
+from pixlm.runtime.sources import SourceEvent, source_slug
 from pixlm.runtime.stream import FrameResult, Region, RegionResult
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
@@ -59,6 +61,43 @@ def test_anomaly_events_fire_once_per_crossing_and_labels_on_change():
     ]
     assert source_slug("rtsp://admin:***@cam:8554/x") == "rtsp-admin-cam-8554-x"
     assert source_slug("/data/clips/clip.mp4") == "clip.mp4"
+
+
+def test_every_record_keeps_its_fields_order_and_rounding():
+    """The JSON every output carries, byte for byte: a JSON line, an MQTT payload and a webhook body
+    are these objects, so a change here is a change to the schema (docs/runtime.md)."""
+    res = Result("Bag", 3, 0.91234567, [("Bag", 0.91234567), ("Coat", 0.0512345678)], 2.123456789)
+    res.anomaly_peak, res.ood_score, res.reused_tokens, res.known = 4.87654321, 12.3456789, 57, True
+    region = Region("r0c1", 384, 0, 384, 288)
+    fr = FrameResult("rtsp://cam/1", 7, 1700000000.1234567, np.zeros((2, 2, 3), np.uint8), [], 12.34567)
+    fr.regions, fr.timings = [RegionResult(region, res, True)], {"tokenize": 1.234567, "infer": 5.6789012}
+    head = (
+        '"source":"rtsp://cam/1","frame":7,"timestamp":1700000000.123457,'
+        '"region":{"name":"r0c1","xywh":[384,0,384,288]}'
+    )
+    want_result = (
+        '{"type":"result",' + head + ',"label":"Bag","known":true,"score":0.912346,'
+        '"top_k":[["Bag",0.912346],["Coat",0.051235]],"anomaly":2.123457,"anomaly_peak":4.876543,'
+        '"ood_score":12.3457,"reused_tokens":57,"anomaly_event":true,"latency_ms":12.346,'
+        '"timings_ms":{"tokenize":1.2346,"infer":5.6789}}'
+    )
+    want_events = [
+        '{"type":"anomaly",' + head + ',"label":"Bag","known":true,"score":0.912346,"anomaly":2.123457,'
+        '"anomaly_peak":4.876543,"snapshot":null,"crop":null}',
+        '{"type":"label",' + head + ',"label":"Bag","previous":null,"score":0.912346}',
+    ]
+    status = SourceEvent("output:mqtt", "error", 1700000000.9876543, "broker refused the login")
+    want_status = (
+        '{"type":"status","source":"output:mqtt","status":"error","timestamp":1700000000.987654,'
+        '"message":"broker refused the login"}'
+    )
+
+    def dumps(record: dict) -> str:
+        return json.dumps(record, separators=(",", ":"))
+
+    assert [dumps(r) for r in fr.records()] == [want_result]
+    assert [dumps(e) for e in EventTracker().events(fr)] == want_events
+    assert dumps(status_record(status)) == want_status
 
 
 def run_to_end(*args: str, timeout: float = 240) -> tuple[subprocess.Popen, str]:

@@ -1,5 +1,6 @@
-"""Prefix reuse's policy: when a cached prefix is used, and how regions share engine calls; and
-that streaming from Python is as exact as ``pixlm run``.
+"""Prefix reuse's policy: when a cached prefix is used, and how regions share engine calls; its
+memory and calls, which hand back each region's new memory; and that streaming from Python is as
+exact as ``pixlm run``.
 
 Real clips (vtest.avi, and the benchmark's static scene written from it) and a real ONNX Runtime
 session of the tiny bundle; the engine is wrapped only to count the positions it computes.
@@ -17,7 +18,7 @@ from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bench import clip_tokens, reuse_shares, write_static_clip
 from pixlm.runtime.bundle import manifest_sha256
-from pixlm.runtime.prefix_reuse import ReusePolicy
+from pixlm.runtime.prefix_reuse import PrefixMemory, ReusePolicy, waves
 from pixlm.runtime.recognizer import Recognizer
 from pixlm.runtime.stream import Streamer
 
@@ -67,6 +68,38 @@ def test_the_plan_declines_reuse_when_little_is_reusable_and_takes_it_when_much_
     assert policy.plan([n, n], n) == [] and policy.plan([], n) == []
 
 
+def test_a_batch_holding_a_region_twice_runs_in_waves_and_the_memory_keeps_the_last():
+    keys = [("cam", "r0"), ("cam", "r1"), ("cam", "r0"), ("cam", "r0"), ("file", "r0"), ("cam", "r1")]
+    assert waves(keys) == [[0, 1, 4], [2, 5], [3]] and waves([]) == []
+    memory = PrefixMemory()
+    assert memory.recall(keys[:2]) == [None, None] and len(memory) == 0
+    memory.remember(keys[:2], ["a", "b"])
+    memory.remember(keys[2:3], ["c"])  # the region's next frame replaces its previous one
+    assert memory.recall(keys) == ["c", "b", "c", "c", None, "b"] and len(memory) == 2
+
+
+def test_reuse_hands_back_new_memory_and_leaves_the_old_alone(rec, scenes):
+    """The calls return each region's new memory instead of writing into the list they are given;
+    the deprecated method that did write into it still does, with a warning, and agrees."""
+    first, second = scenes["vtest"][:2]  # people walking: some regions change, some keep a prefix
+    _, memory = rec.predict_reusing(first, [None] * len(first))
+    given = list(memory)
+    before = [(m.tokens.copy(), m.logp.copy(), m.head.copy()) for m in memory]
+    results, new = rec.predict_reusing(second, memory)
+    assert all(a is b for a, b in zip(memory, given, strict=True))
+    for m, (tokens, logp, head) in zip(memory, before, strict=True):
+        assert (
+            np.array_equal(m.tokens, tokens) and np.array_equal(m.logp, logp) and np.array_equal(m.head, head)
+        )
+    assert [np.array_equal(m.tokens, t) for m, t in zip(new, second, strict=True)] == [True] * len(second)
+    old = list(memory)
+    with pytest.warns(DeprecationWarning, match="predict_tokens_reusing.*predict_reusing"):
+        legacy = rec.predict_tokens_reusing(second, old)
+    assert [r.to_dict() for r in legacy] == [r.to_dict() for r in results]
+    for a, b in zip(old, new, strict=True):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logp, b.logp)
+
+
 @pytest.fixture(scope="module")
 def scenes(rec, tmp_path_factory) -> dict[str, np.ndarray]:
     static = write_static_clip(tmp_path_factory.mktemp("clips") / "static.avi", frames=40)
@@ -90,14 +123,13 @@ def test_reuse_runs_fewer_positions_than_one_call_from_the_smallest_change_and_s
     earliest change; now the late ones run from their own, and results equal a full recompute."""
     tokens = scenes["static"][0]  # (4 regions, n)
     n = tokens.shape[1]
-    memory: list = [None] * len(tokens)
-    rec.predict_tokens_reusing(tokens, memory)
+    _, memory = rec.predict_reusing(tokens, [None] * len(tokens))
     changed = tokens.copy()
     firsts = [1, n - 3, n - 2, n - 1]
     for row, j in enumerate(firsts):
         changed[row, j] = (changed[row, j] + 1) % rec.n_codes
     rec.engine.positions = rec.engine.calls = 0
-    fast = rec.predict_tokens_reusing(changed, memory, nll_map=True)
+    fast, memory = rec.predict_reusing(changed, memory, nll_map=True)
     # region 0 alone from token 1 (its n - 1 tokens), the other three from n - 3 (3 tokens each)
     assert rec.reuse_policy.plan(firsts, n) == [(1, [0]), (n - 3, [1, 2, 3])]
     assert rec.engine.positions == (n - 1) + 3 * 3 and rec.engine.calls == 2
@@ -107,10 +139,11 @@ def test_reuse_runs_fewer_positions_than_one_call_from_the_smallest_change_and_s
         assert np.abs(a.nll_map - b.nll_map).max() < 1e-4
     assert [r.reused_tokens for r in fast] == [2] + [n - 2] * 3  # BOS + the tokens before the call's start
     rec.engine.positions = rec.engine.calls = 0
-    again = rec.predict_tokens_reusing(changed, memory)  # the same frame again: nothing to compute
+    again, kept = rec.predict_reusing(changed, memory)  # the same frame again: nothing to compute
     assert rec.engine.positions == rec.engine.calls == 0
     assert [r.reused_tokens for r in again] == [n + 1] * 4
     assert [r.score for r in again] == [r.score for r in fast]
+    assert all(a is b for a, b in zip(kept, memory, strict=True))  # unchanged regions keep their memory
 
 
 def test_a_static_scene_computes_fewer_positions_than_people_walking(rec, scenes):
@@ -135,7 +168,7 @@ def test_a_static_scene_computes_fewer_positions_than_people_walking(rec, scenes
                 for i in rows:
                     starts[i] = start
             rec.engine.positions = 0
-            results = rec.predict_tokens_reusing(frame, memory)
+            results, memory = rec.predict_reusing(frame, memory)
             got += rec.engine.positions
             assert [r.reused_tokens for r in results] == [0 if j == 0 else j + 1 for j in starts]
             for a, b in zip(rec.predict_tokens(frame), results, strict=True):

@@ -77,3 +77,24 @@ def test_result_still_imports_from_the_recognizer_whose_predictions_it_types():
     from pixlm.runtime.scoring import Result as Home
 
     assert Result is Home
+
+
+@pytest.mark.parametrize(
+    "name, home",
+    [
+        ("KINDS", "pixlm.runtime.records"),
+        ("status_record", "pixlm.runtime.records"),
+        ("source_slug", "pixlm.runtime.sources"),
+        ("SourceEvent", "pixlm.runtime.sources"),
+    ],
+)
+def test_a_moved_name_still_imports_from_the_events_module_with_a_deprecation_warning(name, home):
+    import importlib
+
+    import pixlm.runtime.outputs.events as events
+
+    with pytest.warns(DeprecationWarning, match=f"events.{name} moved to {home}.{name}"):
+        value = getattr(events, name)
+    assert value is getattr(importlib.import_module(home), name)
+    with pytest.raises(AttributeError, match="no attribute 'status_records'"):
+        events.status_records  # noqa: B018

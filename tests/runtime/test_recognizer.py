@@ -64,7 +64,7 @@ def test_prefix_reuse_equals_full_recompute_on_real_video(rec, frames):
     for f in frames:
         tokens = rec.tokenizer.encode_batch([r.crop(f) for r in regions])
         full = rec.predict_tokens(tokens, nll_map=True)
-        fast = rec.predict_tokens_reusing(tokens, memory, nll_map=True)
+        fast, memory = rec.predict_reusing(tokens, memory, nll_map=True)
         for a, b in zip(full, fast, strict=True):
             assert a.label == b.label
             assert abs(a.score - b.score) < 1e-5 and abs(a.anomaly - b.anomaly) < 1e-5
@@ -100,11 +100,17 @@ def test_stream_a_video_file_in_a_grid_with_batching(rec):
     assert rec0["region"]["xywh"] == [0, 0, 384, 288]
 
 
-def test_anomaly_threshold_raises_events(rec):
+def test_anomaly_threshold_raises_events_and_heat_maps_come_only_when_asked_for(rec):
+    """Events compare scores; no output reads a heat map unless it draws one (the overlay), so a
+    threshold alone computes none."""
     with Streamer(rec, [str(VTEST)], max_frames=5, anomaly_threshold=0.0) as s:
         out = list(s)
     assert all(rr.anomalous for fr in out for rr in fr.regions)
-    assert out[0].regions[0].result.nll_map is not None
+    assert all(rr.result.nll_map is None for fr in out for rr in fr.regions)
+    for reuse in (True, False):
+        with Streamer(rec, [str(VTEST)], max_frames=2, nll_map=True, prefix_reuse=reuse) as s:
+            maps = [rr.result.nll_map for fr in s for rr in fr.regions]
+        assert len(maps) == 2 and all(m.shape == rec.tokenizer.grid for m in maps)
 
 
 def test_peak_anomaly_score_finds_what_the_mean_dilutes(rec, frames):
@@ -197,7 +203,7 @@ def test_prefix_memory_owns_its_arrays(rec, frames):
     regions = grid_regions(frames[0].shape[1], frames[0].shape[0], 2, 2)
     memory = [None] * len(regions)
     for f in frames[:3]:  # a first full prefill, then partial recomputes
-        rec.predict_tokens_reusing(rec.tokenizer.encode_batch([r.crop(f) for r in regions]), memory)
+        _, memory = rec.predict_reusing(rec.tokenizer.encode_batch([r.crop(f) for r in regions]), memory)
     for m in memory:
         for k, v in m.past:
             assert k.base is None and v.base is None and k.shape[0] == 1

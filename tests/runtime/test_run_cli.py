@@ -5,6 +5,7 @@ The CLI runs in a subprocess whose ``import torch`` is blocked, as on a camera b
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -45,6 +46,8 @@ def test_video_grid_jsonl_and_overlay(tiny_bundle, tmp_path):
         "0.3",
         "--metrics-every",
         "0.5",
+        "--stats-json",
+        str(tmp_path / "stats.json"),
     )
     stdout, stderr = p.communicate(timeout=180)
     assert p.returncode == 0, stderr
@@ -61,6 +64,17 @@ def test_video_grid_jsonl_and_overlay(tiny_bundle, tmp_path):
     assert frames_in(mp4) == 40 and not list(tmp_path.glob("*.partial.*"))
     assert "[metrics]" in stderr and "prefix reuse" in stderr
     assert stdout.count("vtest.avi#") == 40
+    # --stats-json: the run's statistics, the numbers the metrics lines and the summary read
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["frames"] == 40 and "40 frames from 1 source(s)" in stderr
+    assert sum(int(size) * n for size, n in stats["engine_calls"].items()) == 160
+    (source,) = stats["sources"]
+    assert source["name"] == str(VTEST) and source["frames"] == 40 and source["fps"] > 0
+    assert source["reader"]["read"] >= 40 and source["dropped"] == source["skipped"] == 0
+    assert set(stats["ms_per_frame"]) == {"capture_wait", "tokenize", "infer", "post"}
+    assert stats["prefix_reuse"]["frames"] == 160 and stats["prefix_reuse"]["tokens_saved"] > 0
+    assert sum(stats["events"]["anomaly"].values()) == sum(r["type"] == "anomaly" for r in records)
+    assert not list(tmp_path.glob(".*.partial"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -158,6 +172,7 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         ([str(VTEST), "--serve", "203.0.113.9:8080", "--serve-token", "t"], "cannot listen"),
         ([str(VTEST), "--snapshots", "/proc/no/such"], "cannot create the snapshot folder"),
         ([str(VTEST), "--events", "anomaly,bogus"], "choose from anomaly, label, status"),
+        ([str(VTEST), "--stats-json", "/nonexistent-dir/stats.json"], "no such folder"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_bundle, args, words):

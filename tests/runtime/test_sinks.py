@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from pixlm.runtime.outputs.events import status_record
 from pixlm.runtime.outputs.jsonl import JsonlSink
+from pixlm.runtime.records import status_record
 from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import SourceEvent
 from pixlm.runtime.stream import FrameResult, Region, RegionResult

@@ -4,6 +4,7 @@ model's), real clips streamed by the real `pixlm run`; every output exists and t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -95,6 +96,12 @@ def test_demo_quick(shipped_bundle, scene_bundle, tmp_path):
     assert s["open_set"]["regions"] == 32 and s["open_set"]["unknown"] >= 0.8
     for name in ("conveyor", "surveillance", "open_set"):
         assert s[name]["speed"]["fps"] > 0 and s[name]["speed"]["ms_per_frame"]["infer"] > 0
+        assert set(s[name]["speed"]["ms_per_frame"]) == {"capture_wait", "tokenize", "infer", "post"}
+    speeds = p.stdout.split("wall time with start-up:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in speeds] == ["conveyor", "surveillance", "open_set"]
+    assert all(
+        re.fullmatch(r" +\w+ +[0-9.]+ / +[0-9.]+ / +[0-9.]+ ms +[0-9.]+ fps +[0-9.]+ s", ln) for ln in speeds
+    )
 
 
 def test_demo_bad_input_is_one_error_line(tmp_path):
