@@ -39,6 +39,7 @@ from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import Bundle, BundleError, check_engine, warn
 from pixlm.runtime.engine import KV, Engine, OrtEngine
 from pixlm.runtime.io_spec import with_bos
+from pixlm.runtime.moved import moved_names
 from pixlm.runtime.novelty import OODGate
 from pixlm.runtime.prefix_reuse import Prefix, ReusePolicy, run_reusing
 from pixlm.runtime.scoring import Result
@@ -56,16 +57,7 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str):  # PEP 562
-    if name in _MOVED:
-        home = _MOVED[name].__name__
-        warnings.warn(
-            f"pixlm.runtime.recognizer.{name} moved to {home}.{name}; import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_MOVED[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 class BackendUnavailable(RuntimeError):

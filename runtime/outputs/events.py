@@ -13,9 +13,8 @@ JPEGs ``--snapshots`` wrote (file names in that folder), else null.
 
 from __future__ import annotations
 
-import warnings
-
 from pixlm.runtime import records, sources
+from pixlm.runtime.moved import moved_names
 from pixlm.runtime.records import event_record
 from pixlm.runtime.stream import FrameResult
 
@@ -23,16 +22,7 @@ from pixlm.runtime.stream import FrameResult
 _MOVED = {"KINDS": records, "status_record": records, "source_slug": sources, "SourceEvent": sources}
 
 
-def __getattr__(name: str):  # PEP 562
-    if name in _MOVED:
-        home = _MOVED[name].__name__
-        warnings.warn(
-            f"pixlm.runtime.outputs.events.{name} moved to {home}.{name}; import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_MOVED[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _MOVED)
 
 
 class EventTracker:
