@@ -29,6 +29,7 @@ from __future__ import annotations
 import warnings
 
 from pixlm.runtime import stats
+from pixlm.runtime.moved import moved_names
 from pixlm.runtime.stats import Histogram, RunStats
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -142,6 +143,7 @@ class _FleetMetrics:
 # Names whose home moved: still importable from here for one version, with a DeprecationWarning.
 # (``Histogram``, the type of what it renders, lives in pixlm.runtime.stats and is imported here.)
 _MOVED = {"STAGE_BUCKETS": stats, "LATENCY_BUCKETS": stats}
+_moved = moved_names(__name__, _MOVED)
 
 
 def __getattr__(name: str):  # PEP 562
@@ -153,12 +155,4 @@ def __getattr__(name: str):  # PEP 562
             stacklevel=2,
         )
         return _FleetMetrics
-    if name in _MOVED:
-        home = _MOVED[name].__name__
-        warnings.warn(
-            f"pixlm.runtime.outputs.metrics.{name} moved to {home}.{name}; import it from there",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(_MOVED[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _moved(name)
