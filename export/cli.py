@@ -49,6 +49,13 @@ def _terminate(signum, frame) -> None:
     "images 0-4,999 for a model trained on all 60,000) validates, gates and fits the open-set gate; "
     "other data: its test split. Its train split calibrates INT8.",
 )
+@click.option(
+    "--alert-frames",
+    default=None,
+    metavar="A:B[:S]",
+    help="A scene model: calibrate its per-tile alert thresholds on these frames of --data (e.g. "
+    "0.5:0.6:2, frames it did not train on) [default: the range its checkpoint names, if any].",
+)
 @click.option("--calib-data", default=None, help="Calibration images from here instead [default: --data].")
 @click.option(
     "--calib-images", type=int, default=512, show_default=True, help="Training images for INT8 calibration."

@@ -28,7 +28,7 @@ import torch
 
 from pixlm import checkpoint as ckpt
 from pixlm.data import Dataset, held_out_splits, load_source, split_range
-from pixlm.export import measure, quantize, validate
+from pixlm.export import alerts, measure, quantize, validate
 from pixlm.export import tensorrt as trt_export
 from pixlm.export.bundle import (
     build_manifest,
@@ -71,6 +71,7 @@ class ExportOptions:
     bench_seconds: float = 1.0  # per measurement; 0 skips the speed columns
     force: bool = False
     seed: int = 0
+    alert_frames: str | None = None  # a scene model's calibration frames; None: the checkpoint's own
 
 
 @dataclass
@@ -210,6 +211,7 @@ class ExportRun:
     tok: Tokenizer
     data: HeldOut
     stage: Path
+    alerts: dict | None = None  # manifest "alerts": a scene model's calibrated alert rules
 
 
 def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list[Row]:
@@ -234,6 +236,7 @@ def run_export(opts: ExportOptions, echo: Callable[[str], None] = print) -> list
             files += build_engines(run, files, source)
         if opts.bench_seconds > 0:
             benchmark(run, files)
+        run.alerts = calibrate_alerts(run, state.get("train_config") or {})
         write_bundle(run, files, out_dir, tensorrt_lint={"source": source.name, **lint})
     rows = [f.row for f in files]
     for row in rows:
@@ -471,9 +474,31 @@ def write_bundle(run: ExportRun, files: list[ExportedFile], out_dir: Path, tenso
         if gates:
             manifest[mf.K_OOD] = gates
         manifest[mf.K_CALIBRATION] = run.data.plan
+        if run.alerts is not None:
+            manifest[mf.K_ALERTS] = run.alerts
         write_manifest(run.stage, manifest)
         total = sum(p.stat().st_size for p in run.stage.iterdir()) / 1e6
         run.step.detail = f"{out_dir} ({len(files)} models, {total:.2f} MB), cpu: {recommended['cpu']}"
+
+
+def calibrate_alerts(run: ExportRun, train_config: dict) -> dict | None:
+    """A scene model's (no labels, trained on a video's tiles) alert thresholds, fitted on
+    calibration frames of its video (:mod:`pixlm.export.alerts`); None for other models."""
+    if run.model.cfg.n_labels or not train_config.get("tile"):
+        return None
+    with run.step("alerts") as step:
+        frames = alerts.calibration_frames(train_config, run.opts.alert_frames)
+        if frames is None:
+            step.detail = "none: give --alert-frames A:B (frames the model did not train on)"
+            return None
+        video = run.opts.data if run.opts.data != "fashion-mnist" else train_config.get("data")
+        rules = alerts.fit_alert_rules(run.model, run.tok, video, frames, train_config)
+        th = list(rules.thresholds.values())
+        step.detail = (
+            f"frames {frames} of {Path(video).name}: {len(th)} tiles, thresholds "
+            f"{min(th):.2f}-{max(th):.2f} bits/px, alert after {rules.after_s:g} s"
+        )
+    return rules.to_dict()
 
 
 def reuse_metrics(engine: OrtEngine, seqs: np.ndarray, n_labels: int) -> dict:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixlm.runtime import manifest as mf
+from pixlm.runtime.alerts import AlertRules
 from pixlm.runtime.novelty import OODGate
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
@@ -132,6 +133,13 @@ class Bundle:
     def metrics(self) -> dict:
         return self.manifest.get(mf.K_METRICS, {})
 
+    @property
+    def alert_rules(self) -> AlertRules | None:
+        """A scene model's calibrated alert rules (None: the bundle has none, e.g. exported by
+        an older pixlm, or without calibration frames). Checked on load."""
+        entry = self.manifest.get(mf.K_ALERTS)
+        return None if entry is None else AlertRules.from_dict(entry)
+
     def gate_source(self, key: str) -> str:
         """Key in "ood" of the gate file ``key`` uses: its entry's ``gate_source``. A bundle exported
         before it: the file's own, or for a TensorRT engine its source ONNX file's (INT8 engines the
@@ -186,6 +194,11 @@ class Bundle:
             if key not in manifest:
                 raise BundleError(f"{man_path}: missing key {key!r}")
         _check_types(man_path, manifest)
+        if mf.K_ALERTS in manifest:
+            try:
+                AlertRules.from_dict(manifest[mf.K_ALERTS])
+            except (ValueError, AttributeError) as e:
+                raise BundleError(f"{man_path}: {mf.K_ALERTS}: {e}") from None
         tokenizer = _tokenizer(man_path, manifest)
         files = {}
         for key, entry in manifest[mf.K_FILES].items():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from pixlm.runtime import regions
+from pixlm.runtime import regions, runconfig
 from pixlm.runtime.defaults import default_bundle_dir
 from pixlm.runtime.recognizer import BACKENDS
 from pixlm.runtime.stats import RunStats
@@ -35,6 +35,44 @@ class _Finite(click.ParamType):
 
 
 FINITE = _Finite()
+
+
+class _Seconds(click.ParamType):
+    """A positive duration: '1s', '500ms', '2m' or a number of seconds ('1.5')."""
+
+    name = "seconds"
+    UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            v = float(value)
+        else:
+            text = str(value).strip().lower()
+            unit = next((u for u in ("ms", "s", "m") if text.endswith(u)), "")
+            try:
+                v = float(text[: len(text) - len(unit)]) * self.UNITS.get(unit, 1.0)
+            except ValueError:
+                self.fail(f"{value!r} is not a duration (e.g. 1s, 500ms, 1.5)", param, ctx)
+        if not (math.isfinite(v) and v > 0):
+            self.fail(f"{value!r}: must be more than 0 seconds", param, ctx)
+        return v
+
+
+SECONDS = _Seconds()
+
+
+def _parse_boxes(ctx, param, texts: tuple[str, ...]) -> tuple:
+    """--include / --exclude x,y,w,h, repeatable: boxes in frame pixels."""
+    try:
+        out = []
+        for t in texts:
+            key, box = regions.parse_roi(t)
+            if key is not None:
+                raise ValueError(f"{t!r}: zones apply to every source; give x,y,w,h without SOURCE=")
+            out.append(box)
+        return tuple(out)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -83,7 +121,16 @@ def ensure_default_bundle() -> Path:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1, metavar="SOURCES...", callback=runconfig.fill_sources)
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=lambda ctx, param, value: runconfig.apply(ctx, value),
+    help="Read options and SOURCES from this TOML file (one camera's set-up: docs/runtime.md, "
+    '"A camera\'s configuration file"); flags on the command line win.',
+)
 @click.option(
     "--bundle",
     type=click.Path(file_okay=False),
@@ -136,22 +183,62 @@ def ensure_default_bundle() -> Path:
     "--anomaly-threshold",
     type=FINITE,
     default=None,
-    help="Bits per pixel above which a region raises an anomaly event.",
+    help="Bits per pixel above which a region is surprising, for every region; overrides a scene "
+    "bundle's calibrated per-region thresholds [default: the bundle's; none: no alerts].",
 )
 @click.option(
     "--anomaly-score",
     type=click.Choice(["mean", "peak"]),
-    default="mean",
+    default=None,
+    help="What the threshold compares: the region's mean surprise, or that of its most "
+    "surprising tenth of tokens (peak: better for objects small in the region) [default: the "
+    "bundle's, else mean].",
+)
+@click.option(
+    "--alert-after",
+    type=SECONDS,
+    default=None,
+    help="An alert starts when a region has stayed surprising this long, e.g. 1s or 500ms (a walker "
+    "passes; a left object stays) [default: the bundle's, else 1s].",
+)
+@click.option(
+    "--alerts/--no-alerts",
+    default=True,
     show_default=True,
-    help="What --anomaly-threshold compares: the region's mean surprise, or that of its most "
-    "surprising tenth of tokens (peak: better for objects small in the region).",
+    help="--no-alerts: no anomaly alerts, whatever the bundle holds (recognition only).",
+)
+@click.option(
+    "--alert-end-after",
+    type=SECONDS,
+    default=None,
+    help="An alert ends when its region has been quiet this long [default: the bundle's, else 2s].",
+)
+@click.option(
+    "--alert-update-every",
+    type=SECONDS,
+    default=None,
+    help="While an alert stays open, at most one update event per region this often [default: "
+    "the bundle's, else 5s].",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="x,y,w,h",
+    callback=_parse_boxes,
+    help="Alert only in regions mostly inside these boxes (repeat for several).",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="x,y,w,h",
+    callback=_parse_boxes,
+    help="No alerts in regions mostly inside these boxes, e.g. a road or a tree (repeat).",
 )
 @click.option(
     "--stride",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Keep every Nth frame of each source.",
+    default=None,
+    help="Keep every Nth frame of each source [default: a scene bundle's, else 1].",
 )
 @click.option(
     "--realtime", is_flag=True, help="Pace files at their frame rate (default: as fast as possible)."
@@ -276,11 +363,14 @@ def run(**options) -> None:
       pixlm run /usr/share/doc/opencv-doc/examples/data/vtest.avi --grid 2x2 \\
           --jsonl out.jsonl --save out.mp4
       pixlm run rtsp://127.0.0.1:8554/cam --roi 0,0,320,240 --anomaly-threshold 0.5
+      pixlm run clip.mp4 --bundle build/vtest-scene --grid 6x8 --jsonl alerts.jsonl
+      pixlm run --config camera.toml
       PIXLM_SERVE_TOKEN=$(openssl rand -hex 16) pixlm run clip.mp4 --realtime --loop 0 \\
           --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm --snapshots snaps/
     \b
-    Events (anomaly, label change, source status) go to --jsonl, --mqtt, --webhook and the
-    --serve page in one JSON schema (docs/runtime.md, "Events out").
+    Events (anomaly alerts: start, update, end; label changes; source status) go to --jsonl,
+    --mqtt, --webhook and the --serve page in one JSON schema (docs/runtime.md, "Events out").
+    A scene bundle's calibrated alert thresholds, stride and persistence apply on their own.
     """
     _run(RunConfig(**options))
 
@@ -303,8 +393,14 @@ class RunConfig:
     show: bool
     max_frames: int | None
     anomaly_threshold: float | None
-    anomaly_score: str
-    stride: int
+    anomaly_score: str | None
+    alert_after: float | None
+    alerts: bool
+    alert_end_after: float | None
+    alert_update_every: float | None
+    include: tuple
+    exclude: tuple
+    stride: int | None
     realtime: bool
     loop: int
     prefix_reuse: bool
@@ -392,6 +488,8 @@ def _check_options(cfg: RunConfig) -> tuple[str, ...]:
     _check_serve(cfg.serve, cfg.serve_token, cfg.serve_cert, cfg.serve_key)
     if cfg.roi and cfg.grid:
         raise click.UsageError("give --roi or --grid, not both")
+    if not cfg.alerts and cfg.anomaly_threshold is not None:
+        raise click.UsageError("--no-alerts and --anomaly-threshold contradict each other")
     try:  # an --roi SOURCE= that names no source: a usage error now, not an empty batch later
         regions.rois_per_source(cfg.roi, cfg.sources, source_names(list(cfg.sources)))
     except ValueError as e:
@@ -471,6 +569,44 @@ def _add_outputs(cfg: RunConfig, outputs, kinds: tuple[str, ...]) -> tuple:
     return video, server
 
 
+def alert_settings(cfg: RunConfig, rec) -> dict:
+    """The Streamer's alert options: the bundle's calibrated rules, grid, stride and score, each
+    unless an option overrides it; a warning says when a scene bundle cannot alert as run."""
+    if not cfg.alerts:
+        return dict(grid=cfg.grid, stride=cfg.stride or 1, anomaly_score=cfg.anomaly_score or "mean")
+    rules = rec.bundle.alert_rules
+    grid = cfg.grid or (rules.grid if rules is not None and not cfg.roi else None)
+    if rules is not None and rules.grid and grid != rules.grid and cfg.anomaly_threshold is None:
+        r, c = rules.grid
+        click.echo(
+            f"warning: the bundle's alert thresholds are for a {r}x{c} grid: no alerts here; "
+            f"run with --grid {r}x{c}, or give --anomaly-threshold T",
+            err=True,
+        )
+        rules = None
+    elif rules is None and cfg.anomaly_threshold is None and not rec.labels:
+        click.echo(
+            "warning: this scene bundle holds no alert thresholds (exported by an older pixlm, or "
+            "without --alert-frames): no alerts; give --anomaly-threshold T, or re-export it with "
+            "pixlm-export --alert-frames A:B",
+            err=True,
+        )
+    stride = cfg.stride or (int(rules.calibration.get("stride", 1)) if rules is not None else 1)
+    score = cfg.anomaly_score or (rules.score if rules is not None else "mean")
+    zones = regions.Zones(cfg.include, cfg.exclude) if cfg.include or cfg.exclude else None
+    return dict(
+        grid=grid,
+        stride=stride,
+        alerts=rules,
+        anomaly_threshold=cfg.anomaly_threshold,
+        anomaly_score=score,
+        alert_after=cfg.alert_after,
+        alert_end_after=cfg.alert_end_after,
+        alert_update_every=cfg.alert_update_every,
+        zones=zones,
+    )
+
+
 def _make_streamer(cfg: RunConfig, rec, outputs, server):
     from pixlm.runtime.stream import Streamer
 
@@ -478,15 +614,12 @@ def _make_streamer(cfg: RunConfig, rec, outputs, server):
         rec,
         cfg.sources,
         rois=cfg.roi,
-        grid=cfg.grid,
         max_batch=cfg.batch,
         max_wait_ms=cfg.max_wait_ms,
         prefix_reuse=cfg.prefix_reuse,
-        anomaly_threshold=cfg.anomaly_threshold,
-        anomaly_score=cfg.anomaly_score,
         nll_map=bool(cfg.save or cfg.show or cfg.serve),
         max_frames=cfg.max_frames,
-        stride=cfg.stride,
+        **alert_settings(cfg, rec),
         realtime=cfg.realtime,
         loop=cfg.loop,
         timeout_s=cfg.timeout_s,

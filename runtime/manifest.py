@@ -69,6 +69,9 @@ K_RECOMMENDED = "recommended"  # {"cpu": fastest file at batch 16 that passed th
 K_CALIBRATION = "calibration"
 C_DATA, C_SPLIT, C_RANGE, C_IMAGES, C_REPORT_SPLIT = "data", "split", "range", "images", "report_split"
 K_OOD = "ood"  # {file key: pixlm.runtime.novelty.OODGate.to_dict()}: the "unknown" gate per file
+# a scene model's alert rules (pixlm.runtime.alerts.AlertRules.to_dict()): per-tile thresholds fitted
+# on calibration frames of the camera's footage, persistence, life cycle, the grid and stride to run at
+K_ALERTS = "alerts"
 # sha256 of the manifest itself: canonical JSON (sorted keys, no spaces) of every key but this one,
 # written by the exporter and checked on load (pixlm.runtime.bundle.manifest_sha256)
 K_MANIFEST_SHA256 = "manifest_sha256"

@@ -267,8 +267,19 @@ class Recognizer:
 
     # -- streaming -----------------------------------------------------------------------------
     def stream(self, sources: Sequence[str], **options) -> Iterator:
-        """Open ``sources`` (URIs) and yield a ``FrameResult`` per frame; see ``pixlm.runtime.stream``."""
+        """Open ``sources`` (URIs) and yield a ``FrameResult`` per frame; see ``pixlm.runtime.stream``.
+
+        A scene bundle's calibrated alert rules apply unless ``alerts`` says otherwise (None: off),
+        with the grid and frame stride they were calibrated for unless ``grid``/``rois``/``stride``
+        are given."""
         from pixlm.runtime.stream import Streamer
+
+        rules = self.bundle.alert_rules
+        if rules is not None and "alerts" not in options:
+            options["alerts"] = rules
+            if rules.grid and "grid" not in options and "rois" not in options:
+                options["grid"] = rules.grid
+            options.setdefault("stride", int(rules.calibration.get("stride", 1)))
 
         with Streamer(self, sources, **options) as streamer:
             yield from streamer

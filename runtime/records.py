@@ -10,10 +10,12 @@
 Fields, in this order (docs/runtime.md has their meaning):
 
 * ``result``: type, source, frame, timestamp, region, the ``Result``'s own fields (label, known,
-  score, top_k, anomaly, anomaly_peak, ood_score, reused_tokens), anomaly_event, latency_ms,
-  timings_ms.
-* ``anomaly``: type, source, frame, timestamp, region, label, known, score, anomaly, anomaly_peak,
-  snapshot, crop (the JPEGs ``--snapshots`` wrote, file names in that folder, else null).
+  score, top_k, anomaly, anomaly_peak, ood_score, reused_tokens), anomaly_event, alert_score
+  (only when alerts are on), latency_ms, timings_ms.
+* ``anomaly``: type, source, frame, timestamp, region, phase (start, update, end), alert_id,
+  alert_score, peak, started, duration_s (scene seconds), label, known, score, anomaly,
+  anomaly_peak, snapshot, crop (the JPEGs ``--snapshots`` wrote, file names in that folder, else
+  null).
 * ``label``: type, source, frame, timestamp, region, label, previous, score.
 * ``status``: type, source, status, timestamp, message.
 
@@ -58,16 +60,21 @@ def result_record(
     anomalous: bool,
     latency_ms: float,
     timings: Mapping[str, float],
+    alert_score: float | None = None,
 ) -> dict:
-    """One region's result in one frame: what the model said, whether it is an anomaly event, and
-    how long the frame took (ms: capture -> result, and per stage)."""
-    return {
+    """One region's result in one frame: what the model said, whether its alert score is above
+    its threshold (and that score, when alerts are on), and how long the frame took (ms: capture
+    -> result, and per stage)."""
+    out = {
         **_where("result", source, frame, timestamp, region),
         **result.to_dict(),
         "anomaly_event": anomalous,
-        "latency_ms": round(latency_ms, 3),
-        "timings_ms": {k: round(v, 4) for k, v in timings.items()},
     }
+    if alert_score is not None:
+        out["alert_score"] = round(alert_score, 6)
+    out["latency_ms"] = round(latency_ms, 3)
+    out["timings_ms"] = {k: round(v, 4) for k, v in timings.items()}
+    return out
 
 
 def event_record(
@@ -79,11 +86,14 @@ def event_record(
     result: Result,
     *,
     previous: str | None = None,
+    alert: Mapping | None = None,
 ) -> dict:
-    """An ``anomaly`` event (its snapshot and crop null until ``--snapshots`` names them) or a
-    ``label`` event (``previous``: the region's label before, None for its first)."""
+    """An ``anomaly`` event (``alert``: its phase, id, scores and duration, from
+    ``pixlm.runtime.alerts.Phase.fields``; its snapshot and crop null until ``--snapshots`` names
+    them) or a ``label`` event (``previous``: the region's label before, None for its first)."""
     out = _where(kind, source, frame, timestamp, region)
     if kind == "anomaly":
+        out.update(alert or {})
         out.update(
             label=result.label,
             known=result.known,

@@ -178,3 +178,28 @@ def fit_regions(
         if r.x + r.w > width or r.y + r.h > height:
             raise ValueError(f"region {r.to_list()} lies outside the {width}x{height} frame")
     return regions
+
+
+@dataclass(frozen=True)
+class Zones:
+    """Where alerts may fire: a region mostly (half its area or more) inside an ``exclude`` box
+    raises none (a road, a tree in the wind), nor one mostly outside every ``include`` box when
+    there are include boxes. Boxes are (x, y, w, h) in frame pixels, for every source."""
+
+    include: tuple[Box, ...] = ()
+    exclude: tuple[Box, ...] = ()
+
+    def mutes(self, source: str, region: Region) -> bool:
+        inside = lambda boxes: _covered(region, boxes) >= 0.5  # noqa: E731
+        return inside(self.exclude) or (bool(self.include) and not inside(self.include))
+
+
+def _covered(region: Region, boxes: Sequence[Box]) -> float:
+    """Share of the region's area inside the union of ``boxes``."""
+    mask = np.zeros((region.h, region.w), bool)
+    for x, y, w, h in boxes:
+        x0, y0 = max(x - region.x, 0), max(y - region.y, 0)
+        x1, y1 = min(x + w - region.x, region.w), min(y + h - region.y, region.h)
+        if x1 > x0 and y1 > y0:
+            mask[y0:y1, x0:x1] = True
+    return float(mask.mean())

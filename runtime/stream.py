@@ -22,16 +22,17 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
+from pixlm.runtime.alerts import AlertBook, AlertRules, Phase, blank, scene_time
 from pixlm.runtime.engine import Engine
 from pixlm.runtime.lanes import Lanes
 from pixlm.runtime.prefix_reuse import Prefix, PrefixMemory, waves
 from pixlm.runtime.records import result_record
-from pixlm.runtime.regions import Region, check_grid, fit_regions, rois_per_source
+from pixlm.runtime.regions import Region, Zones, check_grid, fit_regions, rois_per_source
 from pixlm.runtime.regions import grid_regions as grid_regions  # its home is regions.py; old imports work
 from pixlm.runtime.scoring import Result
 from pixlm.runtime.sources import Frame, Source, SourceEvent, open_source, source_names
@@ -54,6 +55,28 @@ class Predictor(Protocol):
     ) -> tuple[list[Result], list[Prefix]]: ...
 
 
+def alert_rules(
+    rules: AlertRules | None,
+    threshold: float | None,
+    score: str,
+    after_s: float | None = None,
+    end_after_s: float | None = None,
+    update_every_s: float | None = None,
+) -> AlertRules | None:
+    """The rules a stream alerts by: a bundle's calibrated ``rules``, with ``threshold`` (one for
+    every region) and the times overriding theirs when given; None (no alerts) when neither a
+    rule nor a threshold is given."""
+    if score not in ANOMALY_SCORES:
+        raise ValueError(f"anomaly_score must be one of {tuple(ANOMALY_SCORES)}, got {score!r}")
+    if rules is None and threshold is None:
+        return None
+    base = rules or AlertRules(score=score)
+    if threshold is not None:
+        base = replace(base, thresholds={}, default=threshold, score=score)
+    times = {"after_s": after_s, "end_after_s": end_after_s, "update_every_s": update_every_s}
+    return replace(base, **{k: v for k, v in times.items() if v is not None})
+
+
 def _chunks(items: list[int], size: int) -> list[list[int]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -67,7 +90,8 @@ ANOMALY_SCORES = {"mean": "anomaly", "peak": "anomaly_peak"}
 class RegionResult:
     region: Region
     result: Result
-    anomalous: bool  # anomaly score above the threshold: an event
+    anomalous: bool  # the region's alert score is above its threshold (pixlm.runtime.alerts)
+    alert: Phase | None = None  # its alert's life cycle in this frame (None: alerts off)
 
 
 @dataclass
@@ -82,6 +106,7 @@ class FrameResult:
     latency_ms: float  # capture -> result
     timings: dict[str, float] = field(default_factory=dict)  # ms per frame: tokenize, infer, post
     fps: float | None = None  # the source's own frame rate, when it has one (a video file)
+    tamper: Phase | None = None  # the camera's own alert (most regions hot at once); None: alerts off
 
     def records(self) -> list[dict]:
         """JSON Lines ``result`` records, one per region (``pixlm.runtime.records.result_record``)."""
@@ -95,6 +120,7 @@ class FrameResult:
                 anomalous=rr.anomalous,
                 latency_ms=self.latency_ms,
                 timings=self.timings,
+                alert_score=None if rr.alert is None else rr.alert.score,
             )
             for rr in self.regions
         ]
@@ -149,6 +175,11 @@ class Streamer:
         prefix_reuse: bool = True,
         anomaly_threshold: float | None = None,
         anomaly_score: str = "mean",
+        alerts: AlertRules | None = None,
+        alert_after: float | None = None,
+        alert_end_after: float | None = None,
+        alert_update_every: float | None = None,
+        zones: Zones | None = None,
         nll_map: bool = False,
         max_frames: int | None = None,
         stride: int = 1,
@@ -170,8 +201,6 @@ class Streamer:
             raise ValueError("max_batch must be >= 1")
         if grid is not None:
             check_grid(*grid)
-        if anomaly_score not in ANOMALY_SCORES:
-            raise ValueError(f"anomaly_score must be one of {ANOMALY_SCORES}, got {anomaly_score!r}")
         self.rec = recognizer
         self.uris = list(sources)
         self._names = source_names(self.uris)  # a URI given twice: "clip.mp4", "clip.mp4#2"
@@ -180,9 +209,21 @@ class Streamer:
         self._boxes = dict(zip(self._names, rois_per_source(rois, self.uris, self._names), strict=True))
         self._unfit: set[str] = set()  # sources whose first frame could not hold their regions
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
-        self.prefix_reuse, self.threshold = prefix_reuse, anomaly_threshold
-        self.score_field = ANOMALY_SCORES[anomaly_score]  # the Result field events compare
-        self.nll_map = nll_map  # heat maps: only for an output that draws them (the overlay)
+        self.prefix_reuse = prefix_reuse
+        self.alerts = alert_rules(
+            alerts, anomaly_threshold, anomaly_score, alert_after, alert_end_after, alert_update_every
+        )
+        self._last_index: dict[str, int] = {}  # per source: a frame number that goes back is a new pass
+        a = self.alerts
+        if a is not None and a.thresholds and a.grid and tuple(a.grid) != (tuple(grid) if grid else None):
+            raise ValueError(
+                f"the alert thresholds are per tile of a {a.grid[0]}x{a.grid[1]} grid: stream with that "
+                "grid, or give anomaly_threshold (one for every region)"
+            )
+        self._book = AlertBook(a, recognizer.tokenizer.palette) if a else None
+        self.zones = zones
+        # per-token maps: for an output that draws them (the overlay) and for the alerts' persistence
+        self.nll_map = nll_map or self._book is not None
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self._stop = threading.Event()
@@ -363,16 +404,28 @@ class Streamer:
         t2 = time.perf_counter()
         out, k = [], 0
         now = time.time()
+        ppt = self.rec.tokenizer.config.patch**2
         for p in batch:
             rr = []
-            for r in p.regions:
+            f = p.frame
+            t = scene_time(f.index, f.timestamp, f.fps)
+            if self._book is not None and f.index < self._last_index.get(f.source, -1):
+                self._book.forget(f.source)  # --loop: a new pass starts its alerts afresh
+            self._last_index[f.source] = f.index
+            for j, r in enumerate(p.regions):
                 res = results[k]
                 k += 1
-                hot = self.threshold is not None and getattr(res, self.score_field) > self.threshold
-                rr.append(RegionResult(r, res, hot))
-            f = p.frame
+                if self._book is None or (self.zones and self.zones.mutes(f.source, r)):
+                    rr.append(RegionResult(r, res, False))
+                    continue
+                phase = self._book.observe(f.source, r.name, t, res.nll_map / ppt, p.tokens[j])
+                rr.append(RegionResult(r, res, phase.hot, phase))
             latency = 1e3 * (now - f.timestamp)
-            out.append(FrameResult(f.source, f.index, f.timestamp, f.image, rr, latency, fps=f.fps))
+            fr = FrameResult(f.source, f.index, f.timestamp, f.image, rr, latency, fps=f.fps)
+            if self._book is not None and len(rr) > 1:
+                hot, flat = [x.anomalous for x in rr], [blank(c) for c in p.tokens]
+                fr.tamper = self._book.tamper(f.source, t, hot, flat)
+            out.append(fr)
         t3 = time.perf_counter()
         n = len(batch)
         tok_ms = sum(p.tokenize_ms for p in batch) / n

@@ -184,22 +184,25 @@ class PastedObject:
     def present(self, frame: int) -> bool:
         return self.start <= frame < self.end
 
-    def overlaps(self, xywh: Sequence[int]) -> bool:
+    def coverage(self, xywh: Sequence[int]) -> float:
+        """Share of the object's box inside the rectangle ``xywh``."""
         x, y, w, h = xywh
         bx, by, bw, bh = self.box
-        return x < bx + bw and bx < x + w and y < by + bh and by < y + h
+        ix = max(0, min(x + w, bx + bw) - max(x, bx))
+        iy = max(0, min(y + h, by + bh) - max(y, by))
+        return ix * iy / (bw * bh)
 
 
 def plan_objects(
     n: int, n_frames: int, frame_size: tuple[int, int], fps: float, rng: np.random.Generator
 ) -> list[PastedObject]:
-    """``n`` objects, one after another: each in its own 1/n of the clip, present 2-4 s (less
+    """``n`` objects, one after another: each in its own 1/n of the clip, left there 4-8 s (less
     when the clip is short), 40-60 px, on the lower 60% of the frame (the pavement)."""
     w, h = frame_size
     span = n_frames / n
     out = []
     for i in range(n):
-        length = int(min(rng.uniform(2, 4) * fps, 0.7 * span))
+        length = int(min(rng.uniform(4, 8) * fps, 0.7 * span))
         start = int(i * span + rng.uniform(0.1, 0.9) * (span - length))
         s = int(rng.integers(40, 61))
         x, y = int(rng.integers(16, w - s - 16)), int(rng.integers(int(0.4 * h), h - s - 16))

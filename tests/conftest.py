@@ -106,6 +106,21 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     return out
 
 
+SCENE_MODEL = Path(__file__).parents[1] / "sdk" / "models" / "vtest-scene.pt"
+
+
+@pytest.fixture(scope="session")
+def scene_bundle(tmp_path_factory) -> Path:
+    """The shipped scene model's bundle (fp32) with its alert thresholds calibrated on the frames
+    its checkpoint names (vtest.avi 50-60%), exported as `make demo` does (about 30 s)."""
+    out = tmp_path_factory.mktemp("scene") / "bundle"
+    run_cli(
+        "pixlm-export", str(SCENE_MODEL), "--data", str(VTEST), "--no-int8", "--no-dynamic",
+        "--eval-images", "64", "--bench-seconds", "0", "-o", str(out),
+    )  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="session")
 def shipped_bundle(tmp_path_factory) -> Path:
     """The shipped Fashion-MNIST model's bundle (fp32 only), its open-set gate fitted on the first

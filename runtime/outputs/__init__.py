@@ -133,7 +133,7 @@ class Outputs:
     def frame(self, fr: FrameResult) -> list[dict]:
         events = self.tracker.events(fr)
         for e in events:
-            if e["type"] == "anomaly" and self.snapshots is not None:
+            if e["type"] == "anomaly" and e.get("phase") != "end" and self.snapshots is not None:
                 try:
                     self.snapshots.take(fr, e)
                 except OSError as err:

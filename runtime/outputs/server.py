@@ -143,6 +143,7 @@ class LiveServer:
         self._encoding: dict[str, threading.Lock] = {}
         self._encoder = ThreadPoolExecutor(1, "pixlm-serve-jpeg")
         self._events: deque[tuple[int, dict]] = deque(maxlen=keep_events)
+        self._open_alerts: dict[str, dict] = {}  # alert id -> its latest start or update
         self._seq = 0
         self._closed = False
         named = f"[{host}]" if ":" in host else host
@@ -186,6 +187,11 @@ class LiveServer:
         with self._cond:
             self._seq += 1
             self._events.append((self._seq, record))
+            if record.get("type") == "anomaly" and record.get("alert_id"):  # the open alerts, by id
+                if record.get("phase") == "end":
+                    self._open_alerts.pop(record["alert_id"], None)
+                else:
+                    self._open_alerts[record["alert_id"]] = record
 
     def close(self) -> None:
         with self._cond:
@@ -221,6 +227,7 @@ class LiveServer:
     def state(self, after: int) -> dict:
         with self._cond:
             events = [dict(r, seq=s) for s, r in self._events if s > after]
+            open_alerts = list(self._open_alerts.values())
             last = self._seq
             frames = {src: fr.index for src, (_, fr) in self._latest.items()}
         status = {s.name: s.status for s in RunStats.of(self.streamer).sources}
@@ -230,6 +237,7 @@ class LiveServer:
                 for i, s in enumerate(self.sources)
             ],
             "events": events,
+            "alerts": open_alerts,
             "last": last,
             "metrics": self.metrics_line,
         }
@@ -450,6 +458,7 @@ PAGE = """<!doctype html>
 </style></head><body>
 <h1>pixlm live</h1>
 <div id="streams">{{CARDS}}</div>
+<h2>Open alerts <small id="open-count">0</small></h2><ul id="alerts"></ul>
 <h2>Metrics</h2><div id="metrics">waiting for the first metrics line</div>
 <h2>Latest events <small id="count">0</small></h2><ol id="events" reversed></ol>
 <script>
@@ -460,7 +469,10 @@ function describe(e) {
   const where = e.region ? " " + e.region.name : "";
   if (e.type === "anomaly") {
     const snap = e.snapshot ? " [" + e.snapshot + "]" : "";
-    return `ANOMALY ${e.source}${where} frame ${e.frame}: ${e.anomaly_peak.toFixed(2)} bits (peak)${snap}`;
+    const phase = e.phase ? e.phase.toUpperCase() + " " : "";
+    const held = e.duration_s === undefined ? "" : `, ${e.duration_s.toFixed(1)} s`;
+    const open = held && `${held}, peak ${e.peak.toFixed(2)}`;
+    return `ALERT ${phase}${e.source}${where} frame ${e.frame}${open}${snap}`;
   }
   if (e.type === "label") return `label ${e.source}${where}: ${e.previous ?? "-"} -> ${e.label}`;
   return `${e.status} ${e.source}: ${e.message}`;
@@ -476,6 +488,12 @@ async function poll() {
     }
     while (list.children.length > 100) list.lastChild.remove();
     document.getElementById("count").textContent = shown;
+    const open = document.getElementById("alerts"); open.replaceChildren();
+    for (const a of s.alerts || []) {
+      const li = document.createElement("li"); li.className = "anomaly"; li.textContent = describe(a);
+      open.append(li);
+    }
+    document.getElementById("open-count").textContent = (s.alerts || []).length;
     if (s.metrics) document.getElementById("metrics").textContent = s.metrics;
     for (const src of s.sources) {
       document.getElementById("status-" + src.index).textContent = src.status ? "(" + src.status + ")" : "";

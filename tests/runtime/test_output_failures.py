@@ -151,7 +151,8 @@ def test_snapshots_on_a_full_disk_are_counted_and_the_stream_goes_on(tiny_bundle
     snaps, out = full_disk / "snaps", tmp_path / "out.jsonl"
     rc, err = run_to_end(
         str(VTEST), "--bundle", str(tiny_bundle), "--grid", "2x2", "--max-frames", "20",
-        "--anomaly-threshold", "0", "--snapshots", str(snaps), "--jsonl", str(out), "-q",
+        "--anomaly-threshold", "0", "--alert-update-every", "60s",
+        "--snapshots", str(snaps), "--jsonl", str(out), "-q",
     )  # fmt: skip
     assert rc == 1, err
     assert_one_failure_report(err, "snapshots", snaps)
@@ -166,11 +167,12 @@ def test_snapshots_on_a_full_disk_are_counted_and_the_stream_goes_on(tiny_bundle
 
 
 def test_snapshot_folder_deleted_mid_run_is_counted_and_the_stream_goes_on(tiny_bundle, tmp_path):
-    folder = alternating_frames(tmp_path / "frames")  # an anomaly event every second frame
+    folder = alternating_frames(tmp_path / "frames")
     snaps, out = tmp_path / "snaps", tmp_path / "out.jsonl"
-    p = pixlm_run(
+    p = pixlm_run(  # threshold 0, updates at every frame: an anomaly event per frame
         str(folder), "--bundle", str(tiny_bundle), "--loop", "0", "--realtime", "--max-frames", "200",
-        "--anomaly-threshold", "0.2", "--snapshots", str(snaps), "--jsonl", str(out), "-q",
+        "--anomaly-threshold", "0", "--alert-after", "1ms", "--alert-update-every", "1ms",
+        "--snapshots", str(snaps), "--jsonl", str(out), "-q",
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(snaps.glob("*.jpg"))) < 2:
@@ -205,7 +207,8 @@ def test_snapshots_of_each_loop_pass_keep_their_own_files(tiny_bundle, tmp_path)
     folder = alternating_frames(tmp_path / "frames")
     snaps, out = tmp_path / "snaps", tmp_path / "out.jsonl"
     rc, err = run_to_end(
-        str(folder), "--bundle", str(tiny_bundle), "--loop", "3", "--anomaly-threshold", "0.2",
+        str(folder), "--bundle", str(tiny_bundle), "--loop", "3", "--anomaly-threshold", "0",
+        "--alert-after", "1e-6", "--alert-update-every", "60s",
         "--snapshots", str(snaps), "--jsonl", str(out), "-q",
     )  # fmt: skip
     assert rc == 0, err
@@ -218,18 +221,22 @@ def test_snapshots_of_each_loop_pass_keep_their_own_files(tiny_bundle, tmp_path)
 def test_sources_with_the_same_file_name_keep_their_own_snapshots(tiny_bundle, tmp_path):
     frame = cv2.VideoCapture(str(VTEST)).read()[1]
     (tmp_path / "c").mkdir(), (tmp_path / "d").mkdir()
-    cv2.imwrite(str(tmp_path / "c" / "x.png"), frame)
-    cv2.imwrite(str(tmp_path / "d" / "x.png"), frame[::-1].copy())  # upside down: a different picture
+    for uri, picture in ((tmp_path / "c" / "x.avi", frame), (tmp_path / "d" / "x.avi", frame[::-1])):
+        w = cv2.VideoWriter(str(uri), cv2.VideoWriter_fourcc(*"MJPG"), 10, (768, 576))
+        for _ in range(3):  # upside down in d: a different picture; 3 frames: one alert
+            w.write(np.ascontiguousarray(picture))
+        w.release()
     snaps, out = tmp_path / "snaps", tmp_path / "out.jsonl"
     rc, err = run_to_end(
-        str(tmp_path / "c" / "x.png"), str(tmp_path / "d" / "x.png"), "--bundle", str(tiny_bundle),
-        "--anomaly-threshold", "0", "--snapshots", str(snaps), "--jsonl", str(out), "-q",
+        str(tmp_path / "c" / "x.avi"), str(tmp_path / "d" / "x.avi"), "--bundle", str(tiny_bundle),
+        "--anomaly-threshold", "0", "--alert-after", "1ms",
+        "--snapshots", str(snaps), "--jsonl", str(out), "-q",
     )  # fmt: skip
     assert rc == 0, err
     anomalies = {a["source"]: a for a in read_jsonl(out) if a["type"] == "anomaly"}
     assert len(anomalies) == 2
     assert len({source_slug(s) for s in anomalies}) == 2  # two MQTT topics, two snapshot prefixes
-    for uri, picture in ((tmp_path / "c" / "x.png", frame), (tmp_path / "d" / "x.png", frame[::-1])):
+    for uri, picture in ((tmp_path / "c" / "x.avi", frame), (tmp_path / "d" / "x.avi", frame[::-1])):
         (name,) = [s for s in anomalies if s.startswith(str(uri))]
         saved = cv2.imread(str(snaps / anomalies[name]["crop"])).astype(int)
         assert np.abs(saved - picture).mean() < 8  # the event's picture is this source's
@@ -280,7 +287,8 @@ def test_snapshots_max_mb_bounds_the_folder_in_a_run(tiny_bundle, tmp_path):
     folder = alternating_frames(tmp_path / "frames")
     snaps, out = tmp_path / "snaps", tmp_path / "out.jsonl"
     rc, err = run_to_end(
-        str(folder), "--bundle", str(tiny_bundle), "--loop", "40", "--anomaly-threshold", "0.2",
+        str(folder), "--bundle", str(tiny_bundle), "--loop", "40", "--anomaly-threshold", "0",
+        "--alert-after", "1e-6", "--alert-update-every", "60s",
         "--snapshots", str(snaps), "--snapshots-max-mb", "0.01", "--jsonl", str(out), "-q",
     )  # fmt: skip
     assert rc == 0, err

@@ -23,6 +23,7 @@ from cameras import free_port
 
 from conftest import VTEST, pixlm_run, read_jsonl
 from pixlm.data import load_fashion_mnist
+from pixlm.runtime.alerts import Alert, AlertBook, AlertRules, Phase
 from pixlm.runtime.outputs.events import EventTracker
 from pixlm.runtime.records import status_record
 from pixlm.runtime.scoring import Result
@@ -40,25 +41,52 @@ def frame(index: int, hot: list[bool], labels: list[str]) -> FrameResult:
     return FrameResult("rtsp://cam/1", index, 100.0 + index, np.zeros((10, 20, 3), np.uint8), regions, 1.0)
 
 
-def test_anomaly_events_fire_once_per_crossing_and_labels_on_change():
+def test_alert_phases_become_anomaly_events_and_labels_fire_on_change():
+    """An alert's start, its rate-limited updates and its end are anomaly events with one id;
+    labels fire on change. Scores 5 (hot) and 0 against a threshold of 1, one frame a second."""
+    book = AlertBook(AlertRules(default=1.0, after_s=1.0, end_after_s=2.0, update_every_s=3.0))
     t = EventTracker()
-    kinds = [
-        [(e["type"], e["region"]["name"]) for e in t.events(frame(i, h, lab))]
-        for i, (h, lab) in enumerate(
-            [
-                ([False, True], ["Bag", "Bag"]),
-                ([True, True], ["Bag", "Bag"]),
-                ([True, False], ["Coat", "Bag"]),
-                ([False, True], ["Coat", "Bag"]),
-            ]
-        )
+    seen = []
+    plan = [
+        (0, "Bag"),
+        (5, "Bag"),
+        (5, "Bag"),
+        (5, "Coat"),
+        (5, "Coat"),
+        (5, "Coat"),
+        (0, "Coat"),
+        (0, "Coat"),
     ]
-    assert kinds == [
-        [("label", "r0"), ("anomaly", "r1"), ("label", "r1")],
-        [("anomaly", "r0")],
-        [("label", "r0")],
-        [("anomaly", "r1")],
+    plan += [(0, "Coat"), (5, "Coat")]
+    for i, (score, label) in enumerate(plan):
+        fr = frame(i, [False], [label])
+        fr.fps = 1.0
+        rr = fr.regions[0]
+        rr.alert = book.observe(fr.source, rr.region.name, float(i), np.full((2, 2), score, np.float32))
+        rr.anomalous = rr.alert.hot
+        seen += [(i, e["type"], e.get("phase")) for e in t.events(fr)]
+    assert seen == [
+        (0, "label", None),
+        (2, "anomaly", "start"),  # hot at 1 and 2: surprising for after_s
+        (3, "label", None),
+        (5, "anomaly", "update"),  # at most one per update_every_s
+        (7, "anomaly", "end"),  # last hot at 5 (the window [5, 6] holds a quiet frame): 2 s quiet
+        # at 9 the window [8, 9] still holds a quiet frame: no new start yet
     ]
+    events = []
+    book2, t2 = (
+        AlertBook(AlertRules(default=1.0, after_s=1.0, end_after_s=2.0, update_every_s=3.0)),
+        EventTracker(),
+    )
+    for i, score in enumerate([5, 5, 5, 5, 5, 5, 0, 0, 0]):
+        fr = frame(i, [False], ["Bag"])
+        fr.fps = 1.0
+        rr = fr.regions[0]
+        rr.alert = book2.observe(fr.source, "r0", float(i), np.full((2, 2), score, np.float32))
+        events += [e for e in t2.events(fr) if e["type"] == "anomaly"]
+    assert [e["phase"] for e in events] == ["start", "update", "end"]
+    assert len({e["alert_id"] for e in events}) == 1
+    assert [e["duration_s"] for e in events] == [0.0, 3.0, 4.0] and events[-1]["started"] == 1.0
     assert source_slug("rtsp://admin:***@cam:8554/x") == "rtsp-admin-cam-8554-x"
     assert source_slug("/data/clips/clip.mp4") == "clip.mp4"
 
@@ -69,8 +97,15 @@ def test_every_record_keeps_its_fields_order_and_rounding():
     res = Result("Bag", 3, 0.91234567, [("Bag", 0.91234567), ("Coat", 0.0512345678)], 2.123456789)
     res.anomaly_peak, res.ood_score, res.reused_tokens, res.known = 4.87654321, 12.3456789, 57, True
     region = Region("r0c1", 384, 0, 384, 288)
-    fr = FrameResult("rtsp://cam/1", 7, 1700000000.1234567, np.zeros((2, 2, 3), np.uint8), [], 12.34567)
-    fr.regions, fr.timings = [RegionResult(region, res, True)], {"tokenize": 1.234567, "infer": 5.6789012}
+    fr = FrameResult(
+        "rtsp://cam/1", 7, 1700000000.1234567, np.zeros((2, 2, 3), np.uint8), [], 12.34567, fps=10.0
+    )
+    alert = Alert("rtsp://cam/1/r0c1/1", 0.5, 4.87654321, 0.7, 0.5, 3.3333333)
+    started = Phase(3.3333333, True, "update", alert)
+    fr.regions, fr.timings = (
+        [RegionResult(region, res, True, started)],
+        {"tokenize": 1.234567, "infer": 5.6789012},
+    )
     head = (
         '"source":"rtsp://cam/1","frame":7,"timestamp":1700000000.123457,'
         '"region":{"name":"r0c1","xywh":[384,0,384,288]}'
@@ -78,12 +113,13 @@ def test_every_record_keeps_its_fields_order_and_rounding():
     want_result = (
         '{"type":"result",' + head + ',"label":"Bag","known":true,"score":0.912346,'
         '"top_k":[["Bag",0.912346],["Coat",0.051235]],"anomaly":2.123457,"anomaly_peak":4.876543,'
-        '"ood_score":12.3457,"reused_tokens":57,"anomaly_event":true,"latency_ms":12.346,'
-        '"timings_ms":{"tokenize":1.2346,"infer":5.6789}}'
+        '"ood_score":12.3457,"reused_tokens":57,"anomaly_event":true,"alert_score":3.333333,'
+        '"latency_ms":12.346,"timings_ms":{"tokenize":1.2346,"infer":5.6789}}'
     )
-    want_events = [
-        '{"type":"anomaly",' + head + ',"label":"Bag","known":true,"score":0.912346,"anomaly":2.123457,'
-        '"anomaly_peak":4.876543,"snapshot":null,"crop":null}',
+    want_events = [  # an update 0.2 s after the start, at 10 frames/s: frame 7 is second 0.7
+        '{"type":"anomaly",' + head + ',"phase":"update","alert_id":"rtsp://cam/1/r0c1/1",'
+        '"alert_score":3.333333,"peak":4.876543,"started":0.5,"duration_s":0.2,"label":"Bag","known":true,'
+        '"score":0.912346,"anomaly":2.123457,"anomaly_peak":4.876543,"snapshot":null,"crop":null}',
         '{"type":"label",' + head + ',"label":"Bag","previous":null,"score":0.912346}',
     ]
     status = SourceEvent("output:mqtt", "error", 1700000000.9876543, "broker refused the login")
@@ -118,13 +154,14 @@ def test_snapshots_are_written_and_named_in_the_events(tiny_bundle, tmp_path):
     out, snaps = tmp_path / "out.jsonl", tmp_path / "snaps"
     p, err = run_to_end(
         str(VTEST), "--bundle", str(tiny_bundle), "--grid", "2x2", "--max-frames", "6",
-        "--anomaly-threshold", "0", "--snapshots", str(snaps), "--jsonl", str(out), "-q",
+        "--anomaly-threshold", "0", "--alert-after", "1ms",
+        "--snapshots", str(snaps), "--jsonl", str(out), "-q",
     )  # fmt: skip
     assert p.returncode == 0, err
     records = read_jsonl(out)
     anomalies = [r for r in records if r["type"] == "anomaly"]
-    assert [a["region"]["name"] for a in anomalies] == ["r0c0", "r0c1", "r1c0", "r1c1"]  # frame 0 only
-    assert all(a["frame"] == 0 for a in anomalies)
+    assert [a["region"]["name"] for a in anomalies] == ["r0c0", "r0c1", "r1c0", "r1c1"]  # starts only
+    assert all(a["frame"] == 1 and a["phase"] == "start" for a in anomalies)  # surprising since frame 0
     for a in anomalies:
         full, crop = cv2.imread(str(snaps / a["snapshot"])), cv2.imread(str(snaps / a["crop"]))
         assert full.shape == (576, 768, 3) and crop.shape == (288, 384, 3)
@@ -327,7 +364,7 @@ def test_live_view_in_headless_chromium_and_metrics(tiny_bundle, tmp_path):
     base = f"http://127.0.0.1:{port}"
     run = pixlm_run(
         str(VTEST), "--bundle", str(tiny_bundle), "--grid", "2x2", "--realtime", "--loop", "0",
-        "--anomaly-threshold", "0.5", "--serve", f"127.0.0.1:{port}", "--serve-token", "s3cret", "-q",
+        "--anomaly-threshold", "0", "--serve", f"127.0.0.1:{port}", "--serve-token", "s3cret", "-q",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -343,6 +380,10 @@ def test_live_view_in_headless_chromium_and_metrics(tiny_bundle, tmp_path):
         assert 'data-loaded="yes"' in dom, "the MJPEG stream never loaded in the browser"
         assert re.search(r'id="size-0">768x576<', dom)
         assert len(re.findall(r'<li class="(anomaly|label|status)"', dom)) >= 3, "no events on the page"
+        # threshold 0: every tile has stayed surprising since its first second, its alert open
+        assert re.search(r'id="open-count">4<', dom) and re.search(
+            r'<ul id="alerts"><li class="anomaly">ALERT', dom
+        )
         assert "[metrics]" in dom or "waiting for the first metrics line" in dom
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "live-view.png"

@@ -100,32 +100,39 @@ def test_stream_a_video_file_in_a_grid_with_batching(rec):
     assert rec0["region"]["xywh"] == [0, 0, 384, 288]
 
 
-def test_anomaly_threshold_raises_events_and_heat_maps_come_only_when_asked_for(rec):
-    """Events compare scores; no output reads a heat map unless it draws one (the overlay), so a
-    threshold alone computes none."""
-    with Streamer(rec, [str(VTEST)], max_frames=5, anomaly_threshold=0.0) as s:
+def test_anomaly_threshold_raises_alerts_and_heat_maps_come_only_when_used(rec):
+    """Alerts compare persistent surprise, so a threshold computes the token maps they need; with
+    neither alerts nor an overlay, no map is built."""
+    with Streamer(rec, [str(VTEST)], max_frames=5, anomaly_threshold=0.0, alert_after=1e-3) as s:
         out = list(s)
-    assert all(rr.anomalous for fr in out for rr in fr.regions)
-    assert all(rr.result.nll_map is None for fr in out for rr in fr.regions)
+    assert [all(rr.anomalous for rr in fr.regions) for fr in out] == [False] + [True] * 4
+    assert [rr.alert.phase for rr in out[1].regions] == ["start"]
     for reuse in (True, False):
+        with Streamer(rec, [str(VTEST)], max_frames=2, prefix_reuse=reuse) as s:
+            assert all(rr.result.nll_map is None and rr.alert is None for fr in s for rr in fr.regions)
         with Streamer(rec, [str(VTEST)], max_frames=2, nll_map=True, prefix_reuse=reuse) as s:
             maps = [rr.result.nll_map for fr in s for rr in fr.regions]
         assert len(maps) == 2 and all(m.shape == rec.tokenizer.grid for m in maps)
 
 
-def test_peak_anomaly_score_finds_what_the_mean_dilutes(rec, frames):
+def test_peak_anomaly_score_finds_what_the_mean_dilutes(rec, frames, tmp_path):
     """`anomaly_peak` is the mean surprise of a region's most surprising tenth of tokens, so it is
-    never below `anomaly`; events on it fire where a mean-based threshold stays quiet."""
+    never below `anomaly`; alerts on it fire where a mean-based threshold stays quiet."""
     r = rec.predict(frames[0], nll_map=True)
     top = np.sort(r.nll_map.ravel())[-max(1, r.nll_map.size // 10) :]
     assert r.anomaly_peak == pytest.approx(top.mean() / rec.pixels_per_token, rel=1e-5)
     assert r.anomaly_peak > r.anomaly and r.to_dict()["anomaly_peak"] == round(r.anomaly_peak, 6)
     threshold = (r.anomaly + r.anomaly_peak) / 2
+    still = tmp_path / "still"  # the same frame twice: what persisted is that frame's surprise
+    still.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(still / f"{i}.png"), frames[0])
     flagged = {}
     for score in ("mean", "peak"):
-        with Streamer(rec, [str(VTEST)], max_frames=1, anomaly_threshold=threshold, anomaly_score=score) as s:
-            flagged[score] = next(iter(s)).regions[0].anomalous
-    assert flagged == {"mean": False, "peak": True}
+        options = dict(anomaly_threshold=threshold, anomaly_score=score, alert_after=1e-6)
+        with Streamer(rec, [str(still)], **options) as s:
+            flagged[score] = [fr.regions[0].anomalous for fr in s]
+    assert flagged == {"mean": [False, False], "peak": [False, True]}
     with pytest.raises(ValueError, match="anomaly_score"):
         Streamer(rec, [str(VTEST)], anomaly_score="max")
 

@@ -54,11 +54,15 @@ def test_camera_classify(tiny_bundle, tmp_path):
 
 
 def test_anomaly_watch_writes_events_and_snapshots(tiny_bundle, tmp_path):
-    p = sample("anomaly_watch.py", str(tiny_bundle), str(VTEST), "0.0", "3", cwd=tmp_path)
+    """Threshold 0 on a bundle without alert rules: every region alerts once it has been
+    surprising for a second (frame 10 of the 10-frames/s clip)."""
+    p = sample("anomaly_watch.py", str(tiny_bundle), str(VTEST), "0.0", "12", cwd=tmp_path)
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     anomalies = [e for e in events if e["type"] == "anomaly"]
-    assert len(anomalies) == 48 and "48 anomaly events" in p.stdout  # threshold 0: every tile, once
+    assert len(anomalies) == 1 and "1 anomaly events" in p.stdout  # the whole frame: one region
+    assert anomalies[0]["phase"] == "start" and anomalies[0]["frame"] == 10
     assert all((tmp_path / "snapshots" / e["snapshot"]).exists() for e in anomalies)
+    assert "start " in p.stdout
 
 
 def test_complete_image(tiny_bundle, tmp_path):

@@ -94,6 +94,28 @@ def test_scene_quick(tmp_path):
         assert cv2.imread(str(tmp_path / name)) is not None
 
 
+def test_alerts_quick(scene_bundle, tmp_path):
+    """Left objects on the real clip's report part, the shipped scene bundle's own alert rules,
+    against both baselines run in the same study; floors on pixlm's own numbers."""
+    p = run_cli("pixlm", "study", "alerts", "--quick", "--bundle", str(scene_bundle), "--out", str(tmp_path))
+    r = json.loads((tmp_path / "alerts-quick.json").read_text())
+    assert set(r["detectors"]) == {"pixlm", "MOG2", "dual-bg"}
+    assert r["settings"]["frames"]["report"][0] >= 477  # the report part: never trained or calibrated on
+    assert r["settings"]["frames"]["calib"][:2] == [398, 477]
+    px = r["detectors"]["pixlm"]
+    assert px["objects"] == 6 and px["found_within_3s"] >= 0.5 and px["median_time_to_alert_s"] <= 3
+    assert px["false_per_minute"] <= 100  # calibrated thresholds, not one bar: 0.6.0 raised ~180 a minute
+    assert r["removed"]["objects"] == 4 and r["removed"]["found_within_3s"] >= 0.5
+    for d in r["detectors"].values():
+        c = d["curve"]
+        assert c["false_per_minute"][0] >= c["false_per_minute"][-1]  # higher bars, fewer false alerts
+    shipped = json.loads((scene_bundle / "manifest.json").read_text())["alerts"]["thresholds"]
+    assert r["thresholds"]["default pixlm"] == pytest.approx(shipped, abs=1e-4)  # the bundle's own
+    assert all(r["tamper"][k]["alerted_within_3s"] for k in ("covered", "moved", "defocused"))
+    assert "| pixlm |" in p.stdout and "camera tamper alerts" in p.stdout
+    assert cv2.imread(str(tmp_path / "alerts-quick.png")) is not None
+
+
 def test_few_labels_quick(tmp_path):
     pre = tmp_path / "pre.pt"
     tiny = [a for a in TINY_TRAIN]
