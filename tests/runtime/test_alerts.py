@@ -191,3 +191,18 @@ def test_most_regions_hot_at_once_is_the_cameras_own_alert_with_calibrated_thres
     book = AlertBook(AlertRules(thresholds={n: 1.0 for n in names}, after_s=1.0))  # covered: blank, not hot
     starts = [t / 4 for t in range(12) if book.tamper("cam", t / 4, [False] * 4, [True] * 4).phase == "start"]
     assert starts == [1.0]  # blank for after_s
+
+
+def test_a_left_box_alerts_at_the_same_scene_time_at_every_stride(scene_bundle, left_box_clip, tmp_path):
+    """--stride 1 (twice the frames the thresholds were fitted at) and the bundle's 2: the box's alert
+    starts at the same second of the clip, within one kept frame, not after the same number of frames."""
+    started = {}
+    for stride in ("1", "2"):
+        out = tmp_path / f"s{stride}.jsonl"
+        run_cli("pixlm", "run", str(left_box_clip), "--bundle", str(scene_bundle), "--stride", stride,
+                "--jsonl", str(out), "-q")  # fmt: skip
+        box = [a for a in read_jsonl(out) if a["type"] == "anomaly" and a["phase"] == "start"]
+        box = [a for a in box if _covers(a["region"]["xywh"], (110, 410, 51, 41))]
+        started[stride] = box[0]["frame"] / 10
+    after = Bundle.load(scene_bundle).alert_rules.after_s  # the box appears at 4.0 s and must persist
+    assert abs(started["1"] - started["2"]) <= 0.2 and 4.0 + after <= started["1"] <= 4.0 + after + 1.0
