@@ -158,7 +158,6 @@ class Alert:
     peak: float
     last_hot: float
     last_update: float
-    score: float = 0.0
 
 
 @dataclass
@@ -281,10 +280,9 @@ class AlertBook:
             if score <= threshold:
                 return Phase(score, False)
             self._count += 1
-            alert = Alert(f"{key[0]}/{key[1]}/{self._count}", t, score, t, t, score)
+            alert = Alert(f"{key[0]}/{key[1]}/{self._count}", t, score, t, t)
             self._open[key] = alert
             return Phase(score, True, "start", alert)
-        alert.score = score
         if score > self.rules.hysteresis * threshold:
             alert.last_hot, alert.peak = t, max(alert.peak, score)
             if self.rules.update_every_s and t - alert.last_update >= self.rules.update_every_s:
@@ -295,9 +293,6 @@ class AlertBook:
             del self._open[key]
             return Phase(score, False, "end", alert)
         return Phase(score, False)
-
-    def open_alerts(self) -> list[Alert]:
-        return list(self._open.values())
 
     def forget(self, source: str) -> None:
         """Drop a source's state (it reconnected or was replaced)."""

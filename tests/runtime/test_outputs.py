@@ -100,7 +100,7 @@ def test_every_record_keeps_its_fields_order_and_rounding():
     fr = FrameResult(
         "rtsp://cam/1", 7, 1700000000.1234567, np.zeros((2, 2, 3), np.uint8), [], 12.34567, fps=10.0
     )
-    alert = Alert("rtsp://cam/1/r0c1/1", 0.5, 4.87654321, 0.7, 0.5, 3.3333333)
+    alert = Alert("rtsp://cam/1/r0c1/1", 0.5, 4.87654321, 0.7, 0.5)
     started = Phase(3.3333333, True, "update", alert)
     fr.regions, fr.timings = (
         [RegionResult(region, res, True, started)],
