@@ -54,7 +54,7 @@ class _Seconds(click.ParamType):
             except ValueError:
                 self.fail(f"{value!r} is not a duration (e.g. 1s, 500ms, 1.5)", param, ctx)
         if not (math.isfinite(v) and v > 0):
-            self.fail(f"{value!r}: must be more than 0 seconds", param, ctx)
+            self.fail(f"{value!r}: must be a finite number of seconds above 0", param, ctx)
         return v
 
 

@@ -58,14 +58,15 @@ class Predictor(Protocol):
 def alert_rules(
     rules: AlertRules | None,
     threshold: float | None,
-    score: str,
+    score: str | None,
     after_s: float | None = None,
     end_after_s: float | None = None,
     update_every_s: float | None = None,
 ) -> AlertRules | None:
     """The rules a stream alerts by: a bundle's calibrated ``rules``, with ``threshold`` (one for
-    every region) and the times overriding theirs when given; None (no alerts) when neither a
-    rule nor a threshold is given."""
+    every region), ``score`` and the times overriding theirs when given (``score`` None: the rules'
+    own, else mean); None (no alerts) when neither a rule nor a threshold is given."""
+    score = score or (rules.score if rules is not None else "mean")
     if score not in ANOMALY_SCORES:
         raise ValueError(f"anomaly_score must be one of {tuple(ANOMALY_SCORES)}, got {score!r}")
     if rules is None and threshold is None:
@@ -174,7 +175,7 @@ class Streamer:
         max_wait_ms: float = 20.0,
         prefix_reuse: bool = True,
         anomaly_threshold: float | None = None,
-        anomaly_score: str = "mean",
+        anomaly_score: str | None = None,
         alerts: AlertRules | None = None,
         alert_after: float | None = None,
         alert_end_after: float | None = None,

@@ -14,6 +14,7 @@ from pixlm.runtime import manifest as mf
 from pixlm.runtime.alerts import AlertBook, AlertRules, Persistence
 from pixlm.runtime.bundle import Bundle, BundleError
 from pixlm.runtime.regions import Region, Zones
+from pixlm.runtime.stream import alert_rules
 
 
 def walker_and_object(fps: float, seconds: float, stride: int = 1):
@@ -206,3 +207,16 @@ def test_a_left_box_alerts_at_the_same_scene_time_at_every_stride(scene_bundle, 
         started[stride] = box[0]["frame"] / 10
     after = Bundle.load(scene_bundle).alert_rules.after_s  # the box appears at 4.0 s and must persist
     assert abs(started["1"] - started["2"]) <= 0.2 and 4.0 + after <= started["1"] <= 4.0 + after + 1.0
+
+
+def test_a_threshold_override_keeps_the_bundles_score_unless_told_otherwise():
+    """rec.stream(anomaly_threshold=T) on a scene bundle compares what the bundle's thresholds do
+    (its peak score), not the mean: the Python API and `pixlm run` agree."""
+    calibrated = AlertRules(thresholds={"r0c0": 1.0}, score="peak", after_s=2.0)
+    assert alert_rules(calibrated, 3.0, None).score == "peak"
+    assert (
+        alert_rules(calibrated, 3.0, None).after_s == 2.0
+        and alert_rules(calibrated, 3.0, None).default == 3.0
+    )
+    assert alert_rules(calibrated, 3.0, "mean").score == "mean"
+    assert alert_rules(None, 3.0, None).score == "mean" and alert_rules(None, None, None) is None
