@@ -30,6 +30,7 @@ VTEST := /usr/share/doc/opencv-doc/examples/data/vtest.avi
 DEFAULT_BUNDLE = $$($(BIN)/python -c 'from pixlm.runtime.defaults import default_bundle_dir as d; print(d())')
 
 SCENE_BUNDLE := build/vtest-scene
+MOTION_BUNDLE := build/vtest-motion
 DEMO_OUT := out
 
 # The story of the shipped models, in pictures, under out/ (under 3 min on 2 idle cores). First
@@ -38,14 +39,17 @@ DEMO_OUT := out
 # model's, learned from vtest.avi's first 50% without labels, its alert thresholds calibrated on
 # 50-60%. Then `pixlm demo`: a contact sheet and a conveyor clip streamed with `pixlm run --roi`;
 # bags left in the clip's held-out 40%, streamed through the scene model in its 6x8 grid (alerts,
-# heat-map video, a timeline against the truth, snapshots);
-# street regions the Fashion-MNIST model calls "unknown"; image completion; out/summary.txt.
+# heat-map video, a timeline against the truth, snapshots); a walker running in the same frames,
+# streamed through the motion model (learned from how the first 50% moves); street regions the
+# Fashion-MNIST model calls "unknown"; image completion; out/summary.txt.
 demo: setup
 	$(BIN)/pixlm-export -o "$(DEFAULT_BUNDLE)" --force
 	$(BIN)/pixlm-export sdk/models/vtest-scene.pt --data $(VTEST) --no-int8 --no-dynamic \
 		--eval-images 64 -o $(SCENE_BUNDLE) --force
-	$(BIN)/pixlm demo --bundle "$(DEFAULT_BUNDLE)" --scene-bundle $(SCENE_BUNDLE) --video $(VTEST) \
-		--out $(DEMO_OUT)
+	$(BIN)/pixlm-export sdk/models/vtest-motion.pt --data $(VTEST) --no-int8 --no-dynamic \
+		--eval-images 64 -o $(MOTION_BUNDLE) --force
+	$(BIN)/pixlm demo --bundle "$(DEFAULT_BUNDLE)" --scene-bundle $(SCENE_BUNDLE) \
+		--motion-bundle $(MOTION_BUNDLE) --video $(VTEST) --out $(DEMO_OUT)
 
 lint: setup
 	$(BIN)/ruff check .

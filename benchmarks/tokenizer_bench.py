@@ -4,7 +4,10 @@
 
 For each tokenizer: frames/s of ``Tokenizer.encode`` on a 1280x720 BGR frame with the "fast"
 sampling and with the exact INTER_AREA reference, and the share of tokens on which they agree.
-Frames: vtest.avi (Debian's opencv-doc), upscaled to 1280x720.
+Then the motion tokenizer (``pixlm.runtime.motion``): frames/s of the motion image alone (optical
+flow since the previous frame) and with the whole frame's tokens, and of the 6x8 grid's tokens
+(48 regions, as ``pixlm run --grid 6x8`` cuts them). Frames: vtest.avi (Debian's opencv-doc),
+upscaled to 1280x720.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import numpy as np
 
 from pixlm.palette import fit_palette
 from pixlm.runtime.defaults import VTEST
+from pixlm.runtime.motion import Motion, MotionConfig
+from pixlm.runtime.regions import grid_regions
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -66,6 +71,34 @@ def main() -> None:
         fast, area = Tokenizer(cfg), Tokenizer(replace(cfg, sampling="area"))
         agree = np.mean([(fast.encode(f) == area.encode(f)).mean() for f in fs])
         print(f"{name:<38} {fps(fast, fs):9.0f} {fps(area, fs):9.0f} {100 * agree:16.1f}%")
+    print()
+    print(f"{'motion tokenizer (1280x720 BGR in)':<38} {'image fps':>9} {'+ frame':>9} {'+ 6x8 grid':>11}")
+    for width in (160, 320, 640):
+        print(f"{f'flow at {width} columns, 28x28, 2x2, 256':<38} " + " ".join(motion_fps(fs, width)))
+
+
+def motion_fps(fs: list[np.ndarray], width: int, seconds: float = 1.5) -> list[str]:
+    """Frames/s of the motion image, then with the whole frame's tokens, then the 6x8 grid's."""
+    config = MotionConfig(width=width)
+    motion = Motion(config)
+    images = [im for i, f in enumerate(fs) if (im := motion.image("fit", f, i / 10)) is not None]
+    small = np.stack([cv2.resize(im, (56, 56), interpolation=cv2.INTER_AREA) for im in images])
+    tok = Tokenizer(
+        TokenizerConfig(28, 28, 3, 2, palette=fit_palette(small, 256, 2), motion=config.to_dict())
+    )
+    regions = grid_regions(1280, 720, 6, 8)
+    out = []
+    for what in ("image", "frame", "grid"):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            image = motion.image("cam", fs[n % len(fs)], 100 + n / 10)
+            if image is not None and what == "frame":
+                tok.encode(image)
+            elif image is not None and what == "grid":
+                tok.encode_batch([r.crop(image) for r in regions])
+            n += 1
+        out.append(f"{n / (time.perf_counter() - t0):{9 if what != 'grid' else 11}.0f}")
+    return out
 
 
 if __name__ == "__main__":

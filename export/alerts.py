@@ -28,6 +28,7 @@ import torch
 from pixlm.data import parse_frame_range, read_frames
 from pixlm.model import PixLM
 from pixlm.runtime.alerts import AlertRules, Persistence, code_distance, fit_thresholds, reduce_map
+from pixlm.runtime.motion import stream_images
 from pixlm.runtime.regions import grid_regions
 from pixlm.runtime.tokenizer import Tokenizer
 
@@ -45,18 +46,26 @@ def calibration_frames(train_config: dict, given: str | None) -> str | None:
     return given or train_config.get("calib_frames")
 
 
+# A motion model's alert: a region moving as the scene never does is news at once (a runner crosses a
+# tile in under a second, so no persistence); its threshold is the tile's highest calibration score
+# times a margin, chosen with `pixlm study motion --design` (a model trained on 0-40% of the clip,
+# thresholds from 40-50%, anomalies staged in 50-60%) as the least at <= 1 false alert a minute.
+MOTION_AFTER_S = 0.0
+MOTION_MARGIN = 2.38
+
+
 @torch.no_grad()
 def tile_maps(
-    model: PixLM, tok: Tokenizer, frames: list[np.ndarray], grid: tuple[int, int]
+    model: PixLM, tok: Tokenizer, images: list[np.ndarray], grid: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-token surprise in bits per pixel (F, tiles, rows, cols) and the token codes (F, tiles,
-    tokens), tiles cut as ``pixlm run --grid``."""
-    h, w = frames[0].shape[:2]
+    tokens) of what a stream cuts regions from (``pixlm.runtime.motion.stream_images``), tiles cut
+    as ``pixlm run --grid``."""
+    h, w = images[0].shape[:2]
     regions = grid_regions(w, h, *grid)
     model.eval()
     maps, codes = [], []
-    for f in frames:
-        image = tok.match_channels(f)
+    for image in images:
         tokens = tok.encode_prepared(np.stack([tok.prepare(r.crop(image)) for r in regions]))
         _, bits = model.analyze(torch.from_numpy(tokens))
         maps.append(bits.numpy().reshape(len(regions), *tok.grid) / tok.config.patch**2)
@@ -87,26 +96,30 @@ def fit_alert_rules(
             f"calibration frames {frames} overlap the training frames {train_config.get('frames')}"
         )
     fps = cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS) or 0.0
-    times = np.array(picked) / (fps or 10.0)
-    maps, codes = tile_maps(model, tok, [clip[i] for i in picked], grid)
-    still = code_distance(tok.palette)
+    images = stream_images(tok, [clip[i] for i in picked], [i / (fps or 10.0) for i in picked])
+    times = np.array([picked[i] for i in images]) / (fps or 10.0)
+    maps, codes = tile_maps(model, tok, list(images.values()), grid)
+    motion = tok.kind == "motion"
+    after_s, levels = (MOTION_AFTER_S, None) if motion else (AFTER_S, STILL_LEVELS)
+    margin = MOTION_MARGIN if motion else MARGIN
+    still = None if motion else code_distance(tok.palette)
     names = [r.name for r in grid_regions(clip[0].shape[1], clip[0].shape[0], *grid)]
     scores: dict[str, list[float]] = {n: [] for n in names}
     for r, name in enumerate(names):
-        p = Persistence(AFTER_S, still, STILL_LEVELS)
+        p = Persistence(after_s, still, levels)
         for i, t in enumerate(times):
             m = p.push(float(t), maps[i, r], codes[i, r])
             if m is not None:
                 scores[name].append(reduce_map(m, "peak"))
     if not all(scores.values()):
-        raise ValueError(f"calibration frames {frames}: shorter than the {AFTER_S:g} s an alert needs")
-    th = fit_thresholds(scores, QUANTILE, FLOOR_QUANTILE, MARGIN)
+        raise ValueError(f"calibration frames {frames}: shorter than the {after_s:g} s an alert needs")
+    th = fit_thresholds(scores, QUANTILE, FLOOR_QUANTILE, margin)
     stride = span.step or 1
     log(f"{len(picked)} frames, thresholds {min(th.values()):.2f}-{max(th.values()):.2f} bits/px")
     return AlertRules(
         thresholds=th,
-        after_s=AFTER_S,
-        still_levels=STILL_LEVELS,
+        after_s=after_s,
+        still_levels=levels,
         grid=grid,
         calibration={
             "video": Path(video).name,
@@ -116,7 +129,7 @@ def fit_alert_rules(
             "stride": stride,
             "quantile": QUANTILE,
             "floor_quantile": FLOOR_QUANTILE,
-            "margin": MARGIN,
+            "margin": margin,
             "calibration_frames": len(picked),
         },
     )

@@ -84,9 +84,10 @@ class AlertRules:
     calibration: Mapping = field(default_factory=dict)  # which frames, which quantile: for people
 
     def __post_init__(self) -> None:
-        for name, v in (("after_s", self.after_s), ("end_after_s", self.end_after_s)):
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {v}")
+        if not (math.isfinite(self.after_s) and self.after_s >= 0):  # 0: one frame is enough
+            raise ValueError(f"after_s must be a number of seconds >= 0, got {self.after_s}")
+        if not (math.isfinite(self.end_after_s) and self.end_after_s > 0):
+            raise ValueError(f"end_after_s must be a positive number of seconds, got {self.end_after_s}")
         if not (math.isfinite(self.update_every_s) and self.update_every_s >= 0):
             raise ValueError(f"update_every_s must be >= 0 seconds, got {self.update_every_s}")
         if self.still_levels is not None and not (
@@ -226,10 +227,12 @@ class Persistence:
 
 
 class AlertBook:
-    """Alert state of every (source, region): persistence and life cycle. One per stream."""
+    """Alert state of every (source, region): persistence and life cycle. One per stream and model;
+    ``name`` (a model's, when a stream runs several) starts its alert ids, so they stay unique."""
 
-    def __init__(self, rules: AlertRules, palette: np.ndarray | None = None) -> None:
+    def __init__(self, rules: AlertRules, palette: np.ndarray | None = None, name: str = "") -> None:
         self.rules = rules
+        self._prefix = f"{name}:" if name else ""
         self._still = (
             code_distance(palette) if palette is not None and rules.still_levels is not None else None
         )
@@ -280,7 +283,7 @@ class AlertBook:
             if score <= threshold:
                 return Phase(score, False)
             self._count += 1
-            alert = Alert(f"{key[0]}/{key[1]}/{self._count}", t, score, t, t)
+            alert = Alert(f"{self._prefix}{key[0]}/{key[1]}/{self._count}", t, score, t, t)
             self._open[key] = alert
             return Phase(score, True, "start", alert)
         if score > self.rules.hysteresis * threshold:

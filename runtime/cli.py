@@ -134,8 +134,10 @@ def ensure_default_bundle() -> Path:
 @click.option(
     "--bundle",
     type=click.Path(file_okay=False),
-    default=None,
-    help="Bundle folder from pixlm-export [default: the shipped model's, built on first use].",
+    multiple=True,
+    help="Bundle folder from pixlm-export [default: the shipped model's, built on first use]. Twice: "
+    "both models on the same frames (an appearance and a motion bundle on one camera); each result "
+    'and event says which ("model": the bundle\'s folder name).',
 )
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option(
@@ -380,7 +382,7 @@ class RunConfig:
     """``pixlm run``'s options, as click parsed them (names, defaults and help: the options above)."""
 
     sources: tuple[str, ...]
-    bundle: str | None
+    bundle: tuple[str, ...]  # none: the default bundle; several: all on the same frames
     backend: str
     precision: str | None
     roi: list | dict | None  # boxes for every source, or by source
@@ -462,9 +464,10 @@ def _run(cfg: RunConfig) -> None:
         from pixlm.runtime.outputs import Outputs
 
         outputs = Outputs(on_warning=lambda line: click.echo(line, err=True))
-        rec = _open_recognizer(cfg)
+        recs = _open_recognizers(cfg)
+        rec = recs[0]
         video, server = _add_outputs(cfg, outputs, kinds)
-        streamer = signals.streamer = _make_streamer(cfg, rec, outputs, server)
+        streamer = signals.streamer = _make_streamer(cfg, recs, outputs, server)
         if signals.signum is None:  # a signal during set-up: close the outputs, stream nothing
             with streamer:
                 for fr in streamer:
@@ -511,19 +514,22 @@ def _quiet_opencv() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # no WARN lines before our Error:
 
 
-def _open_recognizer(cfg: RunConfig):
+def _open_recognizers(cfg: RunConfig) -> list:
     from pixlm.runtime.bundle import warnings_to
     from pixlm.runtime.recognizer import Recognizer
 
     with warnings_to(lambda line: click.echo(line, err=True)):  # no manifest hash, gate off
-        return Recognizer.open(
-            cfg.bundle or ensure_default_bundle(),
-            cfg.backend,
-            cfg.precision,
-            threads=cfg.threads,
-            exact_reuse=cfg.prefix_reuse,
-            unknown=cfg.unknown,
-        )
+        return [
+            Recognizer.open(
+                bundle,
+                cfg.backend,
+                cfg.precision,
+                threads=cfg.threads,
+                exact_reuse=cfg.prefix_reuse,
+                unknown=cfg.unknown,
+            )
+            for bundle in (cfg.bundle or (ensure_default_bundle(),))
+        ]
 
 
 def _add_outputs(cfg: RunConfig, outputs, kinds: tuple[str, ...]) -> tuple:
@@ -571,7 +577,30 @@ def _add_outputs(cfg: RunConfig, outputs, kinds: tuple[str, ...]) -> tuple:
 
 def alert_settings(cfg: RunConfig, rec) -> dict:
     """The Streamer's alert options: the bundle's calibrated rules, grid, stride and score, each
-    unless an option overrides it; a warning says when a scene bundle cannot alert as run."""
+    unless an option overrides it; a warning says when a scene bundle cannot alert as run. ``rec``:
+    a recognizer, or several (the first's grid, stride and score; each its own rules)."""
+    if isinstance(rec, list):
+        given = [
+            flag
+            for flag, v in (
+                ("--anomaly-threshold", cfg.anomaly_threshold),
+                ("--anomaly-score", cfg.anomaly_score),
+                ("--alert-after", cfg.alert_after),
+                ("--alert-end-after", cfg.alert_end_after),
+            )
+            if v is not None
+        ]
+        if given and cfg.alerts:
+            raise click.UsageError(
+                f"{', '.join(given)}: with two bundles each alerts by its own calibrated rules (their "
+                "scores differ in scale); run one bundle to override them"
+            )
+        each = [alert_settings(cfg, r) for r in rec]
+        if len({str(e["grid"]) for e in each}) > 1:
+            raise click.UsageError(
+                "the bundles' alert thresholds are for different grids: give --grid RxC for both"
+            )
+        return each[0] | {"alerts": [e.get("alerts") for e in each]} if len(each) > 1 else each[0]
     if not cfg.alerts:
         return dict(grid=cfg.grid, stride=cfg.stride or 1, anomaly_score=cfg.anomaly_score or "mean")
     rules = rec.bundle.alert_rules
@@ -607,11 +636,11 @@ def alert_settings(cfg: RunConfig, rec) -> dict:
     )
 
 
-def _make_streamer(cfg: RunConfig, rec, outputs, server):
+def _make_streamer(cfg: RunConfig, recs: list, outputs, server):
     from pixlm.runtime.stream import Streamer
 
     streamer = Streamer(
-        rec,
+        recs if len(recs) > 1 else recs[0],
         cfg.sources,
         rois=cfg.roi,
         max_batch=cfg.batch,
@@ -619,7 +648,7 @@ def _make_streamer(cfg: RunConfig, rec, outputs, server):
         prefix_reuse=cfg.prefix_reuse,
         nll_map=bool(cfg.save or cfg.show or cfg.serve),
         max_frames=cfg.max_frames,
-        **alert_settings(cfg, rec),
+        **alert_settings(cfg, recs if len(recs) > 1 else recs[0]),
         realtime=cfg.realtime,
         loop=cfg.loop,
         timeout_s=cfg.timeout_s,
@@ -653,6 +682,8 @@ def _summarise(
         failed = [s.name for s in stats.sources if s.status == "error"]
         if n == 0 or len(failed) == len(stats.sources):
             what = "no source delivered a frame" if n == 0 else "every source ended in error"
+            if n == 0 and rec.tokenizer.kind == "motion":
+                what += " (a motion bundle measures motion between frames: a source needs two at least)"
             raise click.ClickException(f"{what} ({n} frames; see the status lines above)")
     msg = f"{n} frames from {len(cfg.sources)} source(s)"
     if cfg.unknown and rec.labels and rec.gate is None:

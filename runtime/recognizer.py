@@ -166,7 +166,14 @@ class Recognizer:
         return self.predict_batch([image], nll_map=nll_map)[0]
 
     def predict_batch(self, images: Sequence[np.ndarray], nll_map: bool = False) -> list[Result]:
-        """Several images (any sizes) in one engine call."""
+        """Several images (any sizes) in one engine call (a pixel bundle's: a motion bundle reads
+        how a stream's frames change, so it refuses single images)."""
+        if self.tokenizer.kind == "motion":
+            raise ValueError(
+                f"{self.bundle.root}: a motion bundle reads how frames change, not single images: "
+                "stream it (pixlm run, Recognizer.stream), or give predict_tokens the tokens of "
+                "motion images (pixlm.runtime.motion.Motion)"
+            )
         t0 = time.perf_counter()
         tokens = self.tokenizer.encode_batch(images)
         t1 = time.perf_counter()

@@ -39,15 +39,19 @@ def region_record(region: Region) -> dict:
     return {"name": region.name, "xywh": region.to_list()}
 
 
-def _where(kind: str, source: str, frame: int, timestamp: float, region: Region) -> dict:
-    """The fields every result and frame event opens with."""
-    return {
+def _where(kind: str, source: str, frame: int, timestamp: float, region: Region, model: str = "") -> dict:
+    """The fields every result and frame event opens with (``model`` only when a stream runs
+    several: which one it was)."""
+    out = {
         "type": kind,
         "source": source,
         "frame": frame,
         "timestamp": round(timestamp, 6),
         "region": region_record(region),
     }
+    if model:
+        out["model"] = model
+    return out
 
 
 def result_record(
@@ -61,12 +65,13 @@ def result_record(
     latency_ms: float,
     timings: Mapping[str, float],
     alert_score: float | None = None,
+    model: str = "",
 ) -> dict:
     """One region's result in one frame: what the model said, whether its alert score is above
     its threshold (and that score, when alerts are on), and how long the frame took (ms: capture
-    -> result, and per stage)."""
+    -> result, and per stage). ``model``: which one said it, when a stream runs several."""
     out = {
-        **_where("result", source, frame, timestamp, region),
+        **_where("result", source, frame, timestamp, region, model),
         **result.to_dict(),
         "anomaly_event": anomalous,
     }
@@ -87,11 +92,12 @@ def event_record(
     *,
     previous: str | None = None,
     alert: Mapping | None = None,
+    model: str = "",
 ) -> dict:
     """An ``anomaly`` event (``alert``: its phase, id, scores and duration, from
     ``pixlm.runtime.alerts.Phase.fields``; its snapshot and crop null until ``--snapshots`` names
     them) or a ``label`` event (``previous``: the region's label before, None for its first)."""
-    out = _where(kind, source, frame, timestamp, region)
+    out = _where(kind, source, frame, timestamp, region, model)
     if kind == "anomaly":
         out.update(alert or {})
         out.update(

@@ -120,6 +120,11 @@ class Source:
         return self._status
 
     @property
+    def reconnects(self) -> int:
+        """How many times a live source came back after losing its stream (state from before is stale)."""
+        return self._counts["reconnects"]
+
+    @property
     def eos(self) -> bool:
         """True once a file source will deliver no more frames (its last one was read, or it was
         closed); never true for a live source."""

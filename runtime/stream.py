@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from pixlm.runtime.alerts import AlertBook, AlertRules, Phase, blank, scene_time
 from pixlm.runtime.engine import Engine
 from pixlm.runtime.lanes import Lanes
+from pixlm.runtime.motion import Motion
 from pixlm.runtime.prefix_reuse import Prefix, PrefixMemory, waves
 from pixlm.runtime.records import result_record
 from pixlm.runtime.regions import Region, Zones, check_grid, fit_regions, rois_per_source
@@ -93,6 +95,7 @@ class RegionResult:
     result: Result
     anomalous: bool  # the region's alert score is above its threshold (pixlm.runtime.alerts)
     alert: Phase | None = None  # its alert's life cycle in this frame (None: alerts off)
+    model: str = ""  # which model said it, when a stream runs several (its bundle's folder name)
 
 
 @dataclass
@@ -122,6 +125,7 @@ class FrameResult:
                 latency_ms=self.latency_ms,
                 timings=self.timings,
                 alert_score=None if rr.alert is None else rr.alert.score,
+                model=rr.model,
             )
             for rr in self.regions
         ]
@@ -145,15 +149,30 @@ class _Prepared:
 
     frame: Frame
     regions: list[Region]
-    tokens: np.ndarray  # (len(regions), n_tokens)
+    tokens: list[np.ndarray | None]  # per model (len(regions), n_tokens); None: no motion yet
     tokenize_ms: float
+
+
+@dataclass
+class _Model:
+    """One model a stream runs: its recognizer and what it keeps between frames."""
+
+    rec: Predictor
+    name: str  # "" when the stream runs one model; else its bundle's folder name, in every result
+    book: AlertBook | None  # alert state per (source, region); None: alerts off
+    motion: Motion | None  # a motion model's previous frame per source; None: a pixel model
+    memory: PrefixMemory = field(default_factory=PrefixMemory)  # keyed by (source, region)
 
 
 class Streamer:
     """Iterate over ``FrameResult`` from several sources. Use as a context manager.
 
-    ``recognizer``: a ``Recognizer``; :class:`Predictor` names what is used of it. ``rec.stream(...)``
-    takes the same arguments and iterates over a Streamer.
+    ``recognizer``: a ``Recognizer``, or several run on the same frames (an appearance and a motion
+    bundle on one camera: each region's results come once per model, ``RegionResult.model``
+    naming it; ``alerts`` is then one rule set per model); :class:`Predictor` names what is used of
+    it. ``rec.stream(...)`` takes the same arguments and iterates over a Streamer. A motion model
+    (``pixlm.runtime.motion``) has nothing to say on a source's first frame, nor on the first after
+    a reconnect or a new pass: those frames come without its regions.
     ``rois``: regions (x, y, w, h) for every source, or ``{source: [(x, y, w, h), ...]}`` keyed by
     URI or by name in results (``rois_per_source``: an unknown key is refused here; a source
     without one reads the whole frame); ``grid``: (rows, cols) tiles instead; neither: the whole
@@ -166,7 +185,7 @@ class Streamer:
 
     def __init__(
         self,
-        recognizer: Predictor,
+        recognizer: Predictor | Sequence[Predictor],
         sources: Sequence[str],
         *,
         rois: Sequence[tuple[int, int, int, int]] | dict | None = None,
@@ -176,7 +195,7 @@ class Streamer:
         prefix_reuse: bool = True,
         anomaly_threshold: float | None = None,
         anomaly_score: str | None = None,
-        alerts: AlertRules | None = None,
+        alerts: AlertRules | Sequence[AlertRules | None] | None = None,
         alert_after: float | None = None,
         alert_end_after: float | None = None,
         alert_update_every: float | None = None,
@@ -202,7 +221,10 @@ class Streamer:
             raise ValueError("max_batch must be >= 1")
         if grid is not None:
             check_grid(*grid)
-        self.rec = recognizer
+        recs = list(recognizer) if isinstance(recognizer, (list, tuple)) else [recognizer]
+        if not recs:
+            raise ValueError("no model given")
+        self.rec = recs[0]  # the one whose counters the metrics line shows
         self.uris = list(sources)
         self._names = source_names(self.uris)  # a URI given twice: "clip.mp4", "clip.mp4#2"
         self.rois, self.grid = rois, grid
@@ -211,20 +233,30 @@ class Streamer:
         self._unfit: set[str] = set()  # sources whose first frame could not hold their regions
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse = prefix_reuse
-        self.alerts = alert_rules(
-            alerts, anomaly_threshold, anomaly_score, alert_after, alert_end_after, alert_update_every
-        )
+        given = list(alerts) if isinstance(alerts, (list, tuple)) else [alerts] * len(recs)
+        if len(given) != len(recs):
+            raise ValueError(f"{len(recs)} models but {len(given)} alert rule sets")
         self._last_index: dict[str, int] = {}  # per source: a frame number that goes back is a new pass
-        a = self.alerts
-        if a is not None and a.thresholds and a.grid and tuple(a.grid) != (tuple(grid) if grid else None):
-            raise ValueError(
-                f"the alert thresholds are per tile of a {a.grid[0]}x{a.grid[1]} grid: stream with that "
-                "grid, or give anomaly_threshold (one for every region)"
+        names = _model_names(recs)
+        self.models: list[_Model] = []
+        for rec, rules, name in zip(recs, given, names, strict=True):
+            a = alert_rules(
+                rules, anomaly_threshold, anomaly_score, alert_after, alert_end_after, alert_update_every
             )
-        self._book = AlertBook(a, recognizer.tokenizer.palette) if a else None
+            if a is not None and a.thresholds and a.grid and tuple(a.grid) != (tuple(grid) if grid else None):
+                raise ValueError(
+                    f"{name or 'the'} alert thresholds are per tile of a {a.grid[0]}x{a.grid[1]} grid: "
+                    "stream with that grid, or give anomaly_threshold (one for every region)"
+                )
+            motion = rec.tokenizer.config.motion
+            book = AlertBook(a, rec.tokenizer.palette, name) if a else None
+            self.models.append(_Model(rec, name, book, Motion(motion) if motion else None))
+        self.alerts = alert_rules(  # the first model's, for those who ask
+            given[0], anomaly_threshold, anomaly_score, alert_after, alert_end_after, alert_update_every
+        )
         self.zones = zones
         # per-token maps: for an output that draws them (the overlay) and for the alerts' persistence
-        self.nll_map = nll_map or self._book is not None
+        self.nll_map = nll_map or any(m.book is not None for m in self.models)
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self._stop = threading.Event()
@@ -232,7 +264,7 @@ class Streamer:
         # what the stream counts, read by RunStats.of (the lanes count the live frames they replace)
         self.counters = StreamCounters(replaced=self._lanes.dropped)
         self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
-        self._memory = PrefixMemory()  # keyed by (source name, region name)
+        self._reconnects: dict[str, int] = {}  # per source, to start its motion afresh after one
         self._open = dict(
             stride=stride,
             realtime=realtime,
@@ -329,10 +361,11 @@ class Streamer:
                             self.counters.skip(s.name)
                         continue
                     try:
-                        image = self.rec.tokenizer.match_channels(frame.image)  # once, not per region
-                        tokens = self.rec.tokenizer.encode_batch([r.crop(image) for r in regions])
+                        tokens = self._tokens_of(frame, s, regions)
                     except ValueError as e:  # e.g. a grey frame for a colour model
                         raise ValueError(f"{frame.source}: frame {frame.index}: {e}") from None
+                    if all(t is None for t in tokens):  # a motion model's first frame since a (re)start
+                        continue
                     prepared = _Prepared(frame, regions, tokens, 1e3 * (time.perf_counter() - t0))
                     self._lanes.put(s.name, prepared, s.live)
                 if not got:
@@ -344,6 +377,31 @@ class Streamer:
             self._lanes.finish(e)
             return
         self._lanes.finish()
+
+    def _tokens_of(self, frame: Frame, source: Source, regions: list[Region]) -> list[np.ndarray | None]:
+        """Each model's tokens of the frame's regions, cut from the frame (grey for a grey model) or,
+        for a motion model, from its motion image (None: a source's first frame, or the first after
+        a reconnect, a new pass or a gap, has no motion)."""
+        fresh = self._reconnects.get(source.name) != source.reconnects
+        self._reconnects[source.name] = source.reconnects
+        out: list[np.ndarray | None] = []
+        for m in self.models:
+            if m.motion is None:
+                image = m.rec.tokenizer.match_channels(frame.image)  # once, not per region
+            elif not source.live and not frame.fps and not self._open["realtime"]:
+                raise ValueError(
+                    "a motion bundle needs a clock: a video file (its frame rate), a camera, or "
+                    "images played with --realtime; a folder read as fast as it can be has none"
+                )
+            else:
+                if fresh:
+                    m.motion.reset(source.name)
+                t = scene_time(frame.index, frame.timestamp, frame.fps)
+                image = m.motion.image(source.name, frame.image, t)
+            out.append(
+                None if image is None else m.rec.tokenizer.encode_batch([r.crop(image) for r in regions])
+            )
+        return out
 
     def _replays(self, source: Source) -> bool:
         """Whether ``source``, once at its end, is played again (``loop``)."""
@@ -363,11 +421,10 @@ class Streamer:
         if key in self._regions:
             return self._regions[key]
         first = not any(k[0] == frame.source for k in self._regions)
-        c = self.rec.tokenizer.config
+        sizes = [m.rec.tokenizer.config for m in self.models]
+        least = (max(c.width for c in sizes), max(c.height for c in sizes))
         try:
-            regions = fit_regions(
-                w, h, boxes=self._boxes[frame.source], grid=self.grid, min_tile=(c.width, c.height)
-            )
+            regions = fit_regions(w, h, boxes=self._boxes[frame.source], grid=self.grid, min_tile=least)
         except ValueError as e:
             if first:
                 self._unfit.add(source.name)
@@ -378,55 +435,36 @@ class Streamer:
         return regions
 
     def _run(self, batch: list[_Prepared]) -> list[FrameResult]:
-        rec = self.rec
-        keys = [(p.frame.source, r.name) for p in batch for r in p.regions]
-        tokens = np.concatenate([p.tokens for p in batch])
         t1 = time.perf_counter()
-        # No engine call exceeds max_batch regions, nor the engine's own limit (TensorRT profiles):
-        # a frame of many regions is split over several calls.
-        cap = min(self.max_batch, getattr(rec.engine, "max_batch", None) or self.max_batch)
-        results: list = [None] * len(keys)
-        if self.prefix_reuse:
-            # A region seen twice in one batch (several frames of one file) reuses its own previous
-            # frame: the batch runs in waves, each holding a region at most once.
-            for wave in waves(keys):
-                for part in _chunks(wave, cap):
-                    self.counters.engine_call(len(part))
-                    memory = self._memory.recall([keys[i] for i in part])
-                    got, prefixes = rec.predict_reusing(tokens[part], memory, self.nll_map)
-                    for i, r in zip(part, got, strict=True):
-                        results[i] = r
-                    self._memory.remember([keys[i] for i in part], prefixes)
-        else:
-            for part in _chunks(list(range(len(keys))), cap):
-                self.counters.engine_call(len(part))
-                for i, r in zip(part, rec.predict_tokens(tokens[part], nll_map=self.nll_map), strict=True):
-                    results[i] = r
+        per_model = [
+            self._infer(m, [p for p in batch if p.tokens[i] is not None], i)
+            for i, m in enumerate(self.models)
+        ]
         t2 = time.perf_counter()
-        out, k = [], 0
-        now = time.time()
-        ppt = self.rec.tokenizer.config.patch**2
+        out = []
         for p in batch:
-            rr = []
             f = p.frame
             t = scene_time(f.index, f.timestamp, f.fps)
-            if self._book is not None and f.index < self._last_index.get(f.source, -1):
-                self._book.forget(f.source)  # --loop: a new pass starts its alerts afresh
+            if f.index < self._last_index.get(f.source, -1):
+                for m in self.models:  # --loop: a new pass starts its alerts afresh
+                    if m.book is not None:
+                        m.book.forget(f.source)
             self._last_index[f.source] = f.index
-            for j, r in enumerate(p.regions):
-                res = results[k]
-                k += 1
-                if self._book is None or (self.zones and self.zones.mutes(f.source, r)):
-                    rr.append(RegionResult(r, res, False))
+            rr: list[RegionResult] = []
+            tamper = None
+            for i, m in enumerate(self.models):
+                tokens = p.tokens[i]
+                if tokens is None:
                     continue
-                phase = self._book.observe(f.source, r.name, t, res.nll_map / ppt, p.tokens[j])
-                rr.append(RegionResult(r, res, phase.hot, phase))
-            latency = 1e3 * (now - f.timestamp)
-            fr = FrameResult(f.source, f.index, f.timestamp, f.image, rr, latency, fps=f.fps)
-            if self._book is not None and len(rr) > 1:
-                hot, flat = [x.anomalous for x in rr], [blank(c) for c in p.tokens]
-                fr.tamper = self._book.tamper(f.source, t, hot, flat)
-            out.append(fr)
+                own = self._post(m, p, tokens, per_model[i][id(p)], t)
+                rr += own
+                if tamper is None and m.book is not None and len(own) > 1:
+                    hot, flat = [x.anomalous for x in own], [blank(c) for c in tokens]
+                    tamper = m.book.tamper(f.source, t, hot, flat)
+            latency = 1e3 * (time.time() - f.timestamp)
+            out.append(
+                FrameResult(f.source, f.index, f.timestamp, f.image, rr, latency, fps=f.fps, tamper=tamper)
+            )
         t3 = time.perf_counter()
         n = len(batch)
         tok_ms = sum(p.tokenize_ms for p in batch) / n
@@ -435,3 +473,62 @@ class Streamer:
             fr.timings = timings
         self.counters.served([(fr.source, fr.latency_ms) for fr in out], timings)
         return out
+
+    def _infer(self, m: _Model, batch: list[_Prepared], i: int) -> dict[int, list[Result]]:
+        """Model ``i``'s results for the frames of a batch it has tokens of, by ``id`` of the frame."""
+        if not batch:
+            return {}
+        keys = [(p.frame.source, r.name) for p in batch for r in p.regions]
+        tokens = np.concatenate([p.tokens[i] for p in batch])
+        # No engine call exceeds max_batch regions, nor the engine's own limit (TensorRT profiles):
+        # a frame of many regions is split over several calls.
+        cap = min(self.max_batch, getattr(m.rec.engine, "max_batch", None) or self.max_batch)
+        results: list = [None] * len(keys)
+        if self.prefix_reuse:
+            # A region seen twice in one batch (several frames of one file) reuses its own previous
+            # frame: the batch runs in waves, each holding a region at most once.
+            for wave in waves(keys):
+                for part in _chunks(wave, cap):
+                    self.counters.engine_call(len(part))
+                    memory = m.memory.recall([keys[j] for j in part])
+                    got, prefixes = m.rec.predict_reusing(tokens[part], memory, self.nll_map)
+                    for j, r in zip(part, got, strict=True):
+                        results[j] = r
+                    m.memory.remember([keys[j] for j in part], prefixes)
+        else:
+            for part in _chunks(list(range(len(keys))), cap):
+                self.counters.engine_call(len(part))
+                for j, r in zip(part, m.rec.predict_tokens(tokens[part], nll_map=self.nll_map), strict=True):
+                    results[j] = r
+        out, k = {}, 0
+        for p in batch:
+            out[id(p)] = results[k : k + len(p.regions)]
+            k += len(p.regions)
+        return out
+
+    def _post(
+        self, m: _Model, p: _Prepared, tokens: np.ndarray, results: list[Result], t: float
+    ) -> list[RegionResult]:
+        """A model's region results in one frame, with their alerts' life cycle."""
+        ppt = m.rec.tokenizer.config.patch**2
+        rr = []
+        f = p.frame
+        for j, (r, res) in enumerate(zip(p.regions, results, strict=True)):
+            if m.book is None or (self.zones and self.zones.mutes(f.source, r)):
+                rr.append(RegionResult(r, res, False, model=m.name))
+                continue
+            phase = m.book.observe(f.source, r.name, t, res.nll_map / ppt, tokens[j])
+            rr.append(RegionResult(r, res, phase.hot, phase, model=m.name))
+        return rr
+
+
+def _model_names(recs: Sequence[Predictor]) -> list[str]:
+    """ "" for one model; else each bundle's folder name (numbered when two share one)."""
+    if len(recs) == 1:
+        return [""]
+    names: list[str] = []
+    for i, rec in enumerate(recs):
+        bundle = getattr(rec, "bundle", None)
+        name = Path(bundle.root).name if bundle is not None else f"model{i + 1}"
+        names.append(name if name not in names else f"{name}#{i + 1}")
+    return names

@@ -47,6 +47,7 @@ class TokenizerConfig:
     resize: str = "stretch"  # how frames of another shape reach height x width
     sampling: str = "fast"  # "area": exact INTER_AREA; "fast": 8x finer bilinear grid first
     palette: list[list[int]] = field(default_factory=list)  # K entries of patch*patch*channels
+    motion: dict | None = None  # a motion model's MotionConfig (pixlm.runtime.motion); None: pixels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +91,11 @@ class Tokenizer:
     @property
     def n_codes(self) -> int:
         return len(self.palette)
+
+    @property
+    def kind(self) -> str:
+        """What the tokens are cut from: "pixels" (frames) or "motion" (motion images)."""
+        return "motion" if self.config.motion else "pixels"
 
     @property
     def bos(self) -> int:

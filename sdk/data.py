@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pixlm.runtime.motion import Motion
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABELS = (
     "T-shirt/top",
@@ -250,12 +252,17 @@ def load_frames(
     from pixlm.runtime.stream import grid_regions
 
     span = parse_frame_range(frames, frame_count(source) if frames else sys.maxsize)
+    motion = _motion_of(source, tokenizer)
     images = []
     for i, frame in enumerate(iter_frames(source, channels)):
         if i >= span.stop:
             break
         if i < span.start or (i - span.start) % span.step:
             continue
+        if motion is not None:  # the motion since the previous kept frame, as the stream sees it
+            frame = motion[0].image("clip", frame, i / motion[1])
+            if frame is None:
+                continue
         if tile is None:
             images.append(tokenizer.prepare(frame))
             continue
@@ -265,6 +272,16 @@ def load_frames(
     if not images:
         raise ValueError(f"{source}: no frames read" + (f" in range {frames}" if frames else ""))
     return Dataset(np.stack(images), np.full(len(images), -1, dtype=np.int64), ())
+
+
+def _motion_of(source: str | os.PathLike, tokenizer) -> tuple[Motion, float] | None:
+    """A motion tokenizer's state and the clip's frame rate (None for a pixel tokenizer)."""
+    if tokenizer.config.motion is None:
+        return None
+    fps = cv2.VideoCapture(str(source)).get(cv2.CAP_PROP_FPS) if Path(source).is_file() else 0.0
+    if not fps:
+        raise ValueError(f"{source}: motion needs a video file with a frame rate (seconds between frames)")
+    return Motion(tokenizer.config.motion), fps
 
 
 def load_source(

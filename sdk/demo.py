@@ -8,6 +8,8 @@
          --tinted bags pasted at known places and times--> street-with-objects.mp4
          --pixlm run --bundle SCENE --grid 6x8 (the bundle's alert rules)--> surveillance.mp4 / .jsonl
          --> alerts vs the pasted objects: found within 3 s, false; anomaly-score.png, snapshots/
+         --a walker's footage at 3-4x speed on its own path--> street-with-runner.mp4
+         --pixlm run --bundle MOTION --grid 6x8--> behaviour.jsonl: the runner found within 3 s?
     vtest.avi --pixlm run (Fashion-MNIST bundle, 2x2 grid)--> share "unknown" --> open-set.png
     test items, top rows kept --Recognizer.complete (KV cache)--> completion.png
     --> summary.txt, summary.json
@@ -39,6 +41,7 @@ from pixlm.runtime import manifest as mf
 from pixlm.runtime.defaults import VTEST
 
 SCENE_EXPORT = "pixlm-export sdk/models/vtest-scene.pt --data {video} --no-int8 --no-dynamic -o {out}"
+MOTION_EXPORT = "pixlm-export sdk/models/vtest-motion.pt --data {video} --no-int8 --no-dynamic -o {out}"
 BAG = 8  # Fashion-MNIST's label index of the objects left on the street
 REPORT_FROM = "0.6:"  # vtest.avi: the scene model trained on [0, 50%), its alerts calibrated on [50, 60%)
 FOUND_WITHIN_S = 3.0  # an object is found by an alert on it within this long of its appearing
@@ -50,6 +53,7 @@ class DemoOptions:
 
     bundle: Path  # the Fashion-MNIST bundle
     scene_bundle: Path  # the scene model's bundle
+    motion_bundle: Path | None = None  # the motion model's bundle (None: no behaviour part)
     out: Path = Path("out")
     video: str = VTEST
     sheet: int = 8  # contact sheet of sheet x sheet test items
@@ -107,6 +111,11 @@ def run(opts: DemoOptions, log: Callable[[str], None] = print) -> dict:
     with step("surveillance", log) as st:
         v = s["surveillance"] = surveillance(test, opts, log)
         st.detail = f"{v['found']}/{v['objects']} left objects found, {v['false_alerts']} false alerts"
+    if opts.motion_bundle is not None:
+        with step("behaviour", log) as st:
+            b = s["behaviour"] = behaviour(opts, log)
+            found = "found" if b["seconds_to_alert"] is not None else "not found"
+            st.detail = f"a runner {found} within {FOUND_WITHIN_S:g} s, {b['false_alerts']} false alerts"
     with step("open set", log) as st:
         o = s["open_set"] = open_set(test, opts, r, log)
         st.detail = f"{o['unknown']:.1%} of {o['regions']} street regions 'unknown'"
@@ -132,9 +141,10 @@ def check_inputs(opts: DemoOptions) -> None:
     """User errors first, each one line: a missing video or bundle, an unwritable folder."""
     if not Path(opts.video).is_file():
         raise ValueError(f"{opts.video}: video not found (install Debian's opencv-doc, or pass --video)")
-    for b in (opts.bundle, opts.scene_bundle):
-        if not (b / "manifest.json").is_file():
-            how = SCENE_EXPORT.format(video=opts.video, out=b) if b == opts.scene_bundle else "pixlm-export"
+    exports = {opts.scene_bundle: SCENE_EXPORT, opts.motion_bundle: MOTION_EXPORT}
+    for b in (opts.bundle, opts.scene_bundle, opts.motion_bundle):
+        if b is not None and not (b / "manifest.json").is_file():
+            how = exports[b].format(video=opts.video, out=b) if b in exports else "pixlm-export"
             raise ValueError(f"{b}: no bundle there (export it with `{how}`; `make demo` does)")
     _alert_rules(opts)  # a scene bundle exported before alert thresholds: re-export it
     try:
@@ -279,6 +289,64 @@ def surveillance(test: Dataset, opts: DemoOptions, log: Callable[[str], None]) -
         "snapshots": shots,
         "speed": speed,
         "files": [str(mp4), str(plot_path), str(jsonl), f"{snaps}/ ({len(top)} events)", str(clip)],
+    }
+
+
+def behaviour(opts: DemoOptions, log: Callable[[str], None]) -> dict:
+    """A walker running (its own footage at 3-4x speed, for 2-4 s) in the held-out street frames,
+    staged as ``pixlm study motion`` stages it; ``pixlm run`` gets the clip, the motion bundle and
+    the grid only. Found: an alert on a tile covering a quarter of the runner within
+    ``FOUND_WITHIN_S``; a start on a tile the runner never touched is false."""
+    from pixlm.data import read_frames
+    from pixlm.runtime.regions import Region
+    from pixlm.studies.alerts import median_background
+    from pixlm.studies.motion import _cover, match_alerts, runner_clip
+
+    frames = read_frames(opts.video, 3)
+    n, fps = len(frames), media.video_info(opts.video)[1]
+    first = parse_frame_range(REPORT_FROM, n).start
+    count = min(n - first, opts.street_frames or n)
+    background = median_background(frames[: n // 2 : 2])  # the motion model's training frames
+    report = np.arange(first, first + count)
+    runner, shown = runner_clip(frames, background, report, fps, opts.seed)
+    clip = opts.out / "street-with-runner.mp4"
+    media.write_video(clip, shown, fps)
+    jsonl = opts.out / "behaviour.jsonl"
+    args = [str(clip), "--bundle", str(opts.motion_bundle), "--grid", "6x8", "--jsonl", str(jsonl)]
+    speed = pixlm_run(args, log)
+    records = read_jsonl(jsonl)
+    events = [r for r in records if r["type"] == "anomaly"]
+    said = [(e["frame"] / fps, Region(e["region"]["name"], *e["region"]["xywh"]), e["phase"]) for e in events]
+    (delay,), false = match_alerts(said, [runner])
+    # how close it came: alert score / the tile's threshold, on the runner's tiles and elsewhere
+    thresholds = json.loads((opts.motion_bundle / "manifest.json").read_text())[mf.K_ALERTS]["thresholds"]
+    on, off = 0.0, 0.0
+    for r in (r for r in records if r["type"] == "result"):
+        region, t = Region(r["region"]["name"], *r["region"]["xywh"]), r["frame"] / fps
+        ratio = r.get("alert_score", 0.0) / thresholds[region.name]
+        near = [j for j, tj in runner.at.items() if abs(tj - t) <= 0.1]
+        if any(_cover(region, runner.paste[j][0]) >= 0.25 for j in near):
+            on = max(on, ratio)
+        elif not (runner.start <= t <= runner.end + 2 and _cover(region, runner.union()) > 0):
+            off = max(off, ratio)
+    seconds = count / fps
+    return {
+        "frames": count,
+        "seconds_of_video": round(seconds, 1),
+        "report_frames": [first, first + count],
+        "runner": {
+            "start_s": round(runner.start, 2),
+            "seconds": round(runner.end - runner.start, 2),
+            "box": list(runner.union()),
+        },
+        "seconds_to_alert": None if delay is None else round(delay, 2),
+        "runner_peak_over_threshold": round(on, 3),
+        "elsewhere_peak_over_threshold": round(off, 3),
+        "alerts": sum(e["phase"] == "start" for e in events),
+        "false_alerts": false,
+        "false_per_minute": round(60 * false / max(seconds, 1e-9), 2),
+        "speed": speed,
+        "files": [str(jsonl), str(clip)],
     }
 
 
@@ -438,16 +506,33 @@ def format_summary(s: dict) -> str:
         f"known: {o['fashion_known']:.1%} of Fashion-MNIST report images",
         f"4. Completion: {k['items']} items x {k['samples']} samples from the top {k['kept_rows']} token "
         f"rows, {k['tokens_per_s']:.0f} tokens/s through the KV cache",
+    ]
+    b = s.get("behaviour")
+    if b is not None:
+        said = "not alerted" if b["seconds_to_alert"] is None else f"alerted in {b['seconds_to_alert']:.1f} s"
+        lines += [
+            "5. Behaviour: the motion model, learned from how the clip's first 50% moves, without labels",
+            f"   a walker running at 3-4x for {b['runner']['seconds']:.1f} s from "
+            f"{b['runner']['start_s']:.1f} s of {b['seconds_of_video']:.0f} s of held-out video: {said};",
+            f"   highest alert score / threshold on the runner's tiles "
+            f"{b['runner_peak_over_threshold']:.2f}, on the others {b['elsewhere_peak_over_threshold']:.2f}; "
+            f"false alerts: {b['false_alerts']} "
+            f"({b['false_per_minute']:.1f} a minute over all tiles)",
+        ]
+    lines += [
         "",
         "pixlm run, ms per frame (tokenize / infer / post), frames/s, wall time with start-up:",
     ]
-    for name in ("conveyor", "surveillance", "open_set"):
+    for name in ("conveyor", "surveillance", "behaviour", "open_set"):
+        if name not in s:
+            continue
         sp = s[name]["speed"]
         ms = sp.get("ms_per_frame", {})
         stages = " / ".join(f"{ms[x]:6.2f}" for x in ("tokenize", "infer", "post") if x in ms) or "-"
         lines.append(f"   {name:<13} {stages} ms   {sp.get('fps', 0):6.1f} fps   {sp['wall_s']:5.1f} s")
     lines += ["", "Files:"]
-    for name in ("recognition", "conveyor", "surveillance", "open_set", "completion"):
-        lines.append(f"   {name:<13} " + "  ".join(s[name]["files"]))
+    for name in ("recognition", "conveyor", "surveillance", "behaviour", "open_set", "completion"):
+        if name in s:
+            lines.append(f"   {name:<13} " + "  ".join(s[name]["files"]))
     lines.append(f"   {'summary':<13} " + "  ".join(s["files"]["summary"]))
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from pixlm.evaluate import evaluate
 from pixlm.model import PixLM, PixLMConfig
 from pixlm.palette import fit_palette
 from pixlm.progress import bar
+from pixlm.runtime.motion import MotionConfig
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     subset_seed: int = 0
     frames: str | None = None  # video/frame data: "A:B" keeps frames A..B-1, fractions allowed ("0:0.6")
     tile: tuple[int, int] | None = None  # video/frame data: cut each frame into a rows x cols grid
+    motion: bool = False  # video data: learn motion tokens (pixlm.runtime.motion), not pixel tokens
     eval_images: int | None = 2000  # held-out images scored after each epoch (None = all, 0 = none)
     batch_size: int = 64  # per process
     lr: float = 2e-3
@@ -90,13 +92,23 @@ def _setup(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[PixLM, Tokeniz
     """Model and tokenizer from a resume file, an init checkpoint, or fresh (fitting a palette)."""
     if cfg.resume and Path(cfg.output).exists():
         model, tok, state = checkpoint.load(cfg.output)
+        _same_kind(tok, cfg, cfg.output)
         log(f"resuming {cfg.output} at step {state.get('step', 0)}")
         return model, tok, state
     if cfg.init:
         model, tok, _ = checkpoint.load(cfg.init)
+        _same_kind(tok, cfg, cfg.init)
         log(f"starting from {cfg.init}")
         return model, tok, None
     return None, None, None  # type: ignore[return-value]
+
+
+def _same_kind(tok: Tokenizer, cfg: TrainConfig, path: str) -> None:
+    """A checkpoint of pixel tokens cannot go on learning motion tokens, nor the reverse."""
+    want = "motion" if cfg.motion else "pixels"
+    if tok.kind != want:
+        hint = "drop --motion" if cfg.motion else "add --motion"
+        raise ValueError(f"{path} is a {tok.kind} model, this run learns {want} tokens: {hint}")
 
 
 @dataclass
@@ -119,14 +131,17 @@ def train(
     model, tok, state = _setup(cfg, log)
 
     if tok is None:  # fresh run: fit the palette on training images
+        motion = MotionConfig().to_dict() if cfg.motion else None
+        channels = 3 if cfg.motion else cfg.channels  # grey, horizontal and vertical velocity
         plain = Tokenizer(
             TokenizerConfig(
                 cfg.height,
                 cfg.width,
-                cfg.channels,
+                channels,
                 cfg.patch,
                 cfg.resize,
-                palette=[[0] * cfg.patch**2 * cfg.channels, [255] * cfg.patch**2 * cfg.channels],
+                palette=[[0] * cfg.patch**2 * channels, [255] * cfg.patch**2 * channels],
+                motion=motion,
             )
         )
         data = _training_data(cfg, plain)
@@ -134,7 +149,9 @@ def train(
         palette = fit_palette(data.images, cfg.codes, cfg.patch, seed=cfg.seed)
         log(f"palette: {len(palette)} codes of {cfg.patch}x{cfg.patch} px fitted in {time.time() - t0:.1f}s")
         tok = Tokenizer(
-            TokenizerConfig(cfg.height, cfg.width, cfg.channels, cfg.patch, cfg.resize, palette=palette),
+            TokenizerConfig(
+                cfg.height, cfg.width, channels, cfg.patch, cfg.resize, palette=palette, motion=motion
+            ),
             data.label_names,
         )
         torch.manual_seed(cfg.seed)

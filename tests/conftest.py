@@ -121,6 +121,21 @@ def scene_bundle(tmp_path_factory) -> Path:
     return out
 
 
+MOTION_MODEL = Path(__file__).parents[1] / "sdk" / "models" / "vtest-motion.pt"
+
+
+@pytest.fixture(scope="session")
+def motion_bundle(tmp_path_factory) -> Path:
+    """The shipped motion model's bundle (fp32), its alert thresholds calibrated on the frames its
+    checkpoint names (vtest.avi 50-60%), exported as `make demo` does."""
+    out = tmp_path_factory.mktemp("motion") / "vtest-motion"
+    run_cli(
+        "pixlm-export", str(MOTION_MODEL), "--data", str(VTEST), "--no-int8", "--no-dynamic",
+        "--eval-images", "64", "--bench-seconds", "0", "-o", str(out),
+    )  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="session")
 def shipped_bundle(tmp_path_factory) -> Path:
     """The shipped Fashion-MNIST model's bundle (fp32 only), its open-set gate fitted on the first

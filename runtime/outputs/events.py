@@ -35,12 +35,12 @@ class EventTracker:
     """Turns each frame's results into anomaly and label events (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._label: dict[tuple[str, str], str] = {}
+        self._label: dict[tuple[str, str, str], str] = {}  # (source, model, region) -> label
 
     def events(self, fr: FrameResult) -> list[dict]:
         out = []
         for rr in fr.regions:
-            key = (fr.source, rr.region.name)
+            key = (fr.source, rr.model, rr.region.name)
             res = rr.result
             fire = rr.alert is not None and rr.alert.phase is not None
             change = bool(res.label) and res.label != self._label.get(key)  # a label-free model has none
@@ -49,11 +49,11 @@ class EventTracker:
             where = (fr.source, fr.index, fr.timestamp, rr.region, res)
             if fire:
                 t = scene_time(fr.index, fr.timestamp, fr.fps)
-                out.append(event_record("anomaly", *where, alert=rr.alert.fields(t)))
+                out.append(event_record("anomaly", *where, alert=rr.alert.fields(t), model=rr.model))
             if change:
                 previous = self._label.get(key)
                 self._label[key] = res.label
-                out.append(event_record("label", *where, previous=previous))
+                out.append(event_record("label", *where, previous=previous, model=rr.model))
         if fr.tamper is not None and fr.tamper.phase is not None:  # the camera's own alert
             h, w = fr.image.shape[:2]
             whole = Region(TAMPER, 0, 0, w, h)

@@ -62,9 +62,10 @@ def test_time_going_back_or_jumping_starts_a_region_afresh():
 
 
 def test_rules_refuse_what_would_break_or_silence_alerts():
-    for bad in ({"after_s": 0}, {"after_s": -1}, {"end_after_s": 0}, {"hysteresis": 0}, {"score": "max"}):
+    for bad in ({"after_s": -1}, {"end_after_s": 0}, {"hysteresis": 0}, {"score": "max"}):
         with pytest.raises(ValueError):
             AlertRules(default=1.0, **bad)
+    assert AlertRules(default=1.0, after_s=0).after_s == 0  # a motion bundle's: one frame is news
     with pytest.raises(ValueError, match="threshold"):
         AlertRules(default=float("nan"))
     good = AlertRules(thresholds={"r0c0": 1.5}, grid=(6, 8)).to_dict()

@@ -19,7 +19,7 @@ def frames_in(video: Path) -> int:
     return n
 
 
-def test_demo_quick(shipped_bundle, scene_bundle, tmp_path):
+def test_demo_quick(shipped_bundle, scene_bundle, motion_bundle, tmp_path):
     out = tmp_path / "out"
     p = run_cli(
         "pixlm",
@@ -29,11 +29,13 @@ def test_demo_quick(shipped_bundle, scene_bundle, tmp_path):
         str(shipped_bundle),
         "--scene-bundle",
         str(scene_bundle),
+        "--motion-bundle",
+        str(motion_bundle),
         "--out",
         str(out),
         timeout=600,
     )
-    for step in ("recognition", "conveyor", "surveillance", "open set", "completion"):
+    for step in ("recognition", "conveyor", "surveillance", "behaviour", "open set", "completion"):
         assert f"✓ {step}  " in p.stderr
     assert (out / "summary.txt").read_text().strip() == p.stdout.strip()
     s = json.loads((out / "summary.json").read_text())
@@ -70,13 +72,24 @@ def test_demo_quick(shipped_bundle, scene_bundle, tmp_path):
     assert v["snapshots"] and all(Path(f).is_file() for f in v["snapshots"])
     assert all(cv2.imread(f) is not None for f in v["snapshots"])
 
+    # behaviour: a walker running in the same held-out frames, through the motion bundle alone
+    b = s["behaviour"]
+    assert b["frames"] == 80 and frames_in(out / "street-with-runner.mp4") == 80
+    assert 2 <= b["runner"]["seconds"] <= 4 and 0 <= b["runner"]["start_s"] <= 8
+    assert b["seconds_to_alert"] is None or 0 <= b["seconds_to_alert"] <= 3
+    assert 0 <= b["false_alerts"] <= b["alerts"]
+    assert b["runner_peak_over_threshold"] > 0 and b["elsewhere_peak_over_threshold"] > 0
+    assert "highest alert score / threshold on the runner's tiles" in p.stdout
+    said = "not alerted" if b["seconds_to_alert"] is None else "alerted in"
+    assert f"a walker running at 3-4x for {b['runner']['seconds']:.1f} s" in p.stdout and said in p.stdout
+
     # open set: street regions are "unknown" to the Fashion-MNIST model
     assert s["open_set"]["regions"] == 32 and s["open_set"]["unknown"] >= 0.8
-    for name in ("conveyor", "surveillance", "open_set"):
+    for name in ("conveyor", "surveillance", "behaviour", "open_set"):
         assert s[name]["speed"]["fps"] > 0 and s[name]["speed"]["ms_per_frame"]["infer"] > 0
         assert set(s[name]["speed"]["ms_per_frame"]) == {"capture_wait", "tokenize", "infer", "post"}
     speeds = p.stdout.split("wall time with start-up:\n")[1].split("\n\n")[0].splitlines()
-    assert [line.split()[0] for line in speeds] == ["conveyor", "surveillance", "open_set"]
+    assert [line.split()[0] for line in speeds] == ["conveyor", "surveillance", "behaviour", "open_set"]
     assert all(
         re.fullmatch(r" +\w+ +[0-9.]+ / +[0-9.]+ / +[0-9.]+ ms +[0-9.]+ fps +[0-9.]+ s", ln) for ln in speeds
     )

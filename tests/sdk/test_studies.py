@@ -116,6 +116,35 @@ def test_alerts_quick(scene_bundle, tmp_path):
     assert cv2.imread(str(tmp_path / "alerts-quick.png")) is not None
 
 
+def test_motion_quick(motion_bundle, scene_bundle, tmp_path):
+    """Running, intrusion and loitering staged in the real clip's report part, the shipped motion
+    bundle against both baselines and the appearance bundle, in one run; floors on pixlm's own."""
+    p = run_cli(
+        "pixlm", "study", "motion", "--quick", "--bundle", str(motion_bundle),
+        "--scene-bundle", str(scene_bundle), "--out", str(tmp_path),
+    )  # fmt: skip
+    r = json.loads((tmp_path / "motion-quick.json").read_text())
+    assert set(r["methods"]) == {
+        "pixlm motion",
+        "pixlm appearance",
+        "pixlm both",
+        "flow histogram",
+        "frame difference",
+    }
+    assert r["settings"]["frames"]["report"][0] >= 477  # never trained or calibrated on
+    px = r["methods"]["pixlm motion"]
+    assert px["anomalies"] == {"running": 2, "intrusion": 2, "loitering": 1, "walking": 1}  # walking: control
+    for kind in ("running", "intrusion", "loitering"):  # measured 0.91, 0.90, 0.93
+        assert px["auroc"][kind] >= 0.8, (kind, px["auroc"])
+        assert 0 <= px["auroc_moving"][kind] <= 1
+    assert px["region_seconds"]["normal_moving"] < px["region_seconds"]["normal"]
+    check = r["stride_check"]  # flow per second holds at stride 3; a frame difference does not
+    assert 0.85 <= check["flow_speed_ratio"] <= 1.15 and check["frame_difference_ratio"] >= 1.5
+    assert "resultant" in next(iter(r["direction_spread"]["busy_tiles"].values()))
+    assert "| pixlm motion |" in p.stdout and "goal" in p.stdout
+    assert cv2.imread(str(tmp_path / "motion-quick.jpg")) is not None
+
+
 def test_few_labels_quick(tmp_path):
     pre = tmp_path / "pre.pt"
     tiny = [a for a in TINY_TRAIN]
