@@ -46,6 +46,14 @@ def test_velocity_is_per_second_of_scene_time_not_per_frame():
     assert third == pytest.approx(every, rel=0.15)
 
 
+def test_a_burst_of_frames_is_not_read_as_a_sprint():
+    """A camera's frames carry arrival times: two arriving 1 ms apart are not 2 px per ms."""
+    steady = [(0.0, texture(0)), (0.1, texture(2)), (0.2, texture(4))]
+    walking = speed(Motion(MotionConfig()), steady)
+    burst = speed(Motion(MotionConfig()), [*steady, (0.201, texture(6))])
+    assert burst < 2.5 * walking  # at most half the usual gap counts: 2x; unfloored it saturates
+
+
 def test_a_source_starts_afresh_on_its_first_frame_a_gap_and_time_going_back():
     m = Motion(MotionConfig(max_gap_s=2.0))
     assert m.image("a", texture(0), 0.0) is None  # nothing to compare with yet
