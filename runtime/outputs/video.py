@@ -141,21 +141,28 @@ class WindowSink:
 
 
 def draw_overlay(fr: FrameResult, fps: float) -> np.ndarray:
-    """The frame with each region's box, label, score and anomaly heat map; FPS in the corner."""
+    """The frame with each region's box, label, score and anomaly heat map; FPS in the corner. A
+    region that several models scored (two bundles) gets one heat map (the first model's), a red
+    box when any of them alerts, and a line of text per model."""
     image = fr.image.copy()
+    seen: dict[str, int] = {}  # region name -> lines of text drawn so far
+    hot = {rr.region.name for rr in fr.regions if rr.anomalous}
     for rr in fr.regions:
         r, res = rr.region, rr.result
-        if res.nll_map is not None:
+        line = seen.get(r.name, 0)
+        seen[r.name] = line + 1
+        if res.nll_map is not None and line == 0:
             heat = np.clip(res.nll_map / max(float(res.nll_map.max()), 1e-6), 0, 1)
             heat = cv2.resize((heat * 255).astype(np.uint8), (r.w, r.h), interpolation=cv2.INTER_NEAREST)
             coloured = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
             roi = image[r.y : r.y + r.h, r.x : r.x + r.w]
             roi[:] = cv2.addWeighted(roi, 0.65, coloured, 0.35, 0)
-        colour = (0, 0, 255) if rr.anomalous else (0, 255, 0)
+        colour = (0, 0, 255) if r.name in hot else (0, 255, 0)
         cv2.rectangle(image, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), colour, 2)
-        text = " | ".join(filter(None, (res.describe(), f"{res.anomaly:.2f} b/px")))
-        cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3)
-        cv2.putText(image, text, (r.x + 4, r.y + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+        text = " | ".join(filter(None, (rr.model, res.describe(), f"{res.anomaly:.2f} b/px")))
+        y = r.y + 18 + 16 * line
+        cv2.putText(image, text, (r.x + 4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3)
+        cv2.putText(image, text, (r.x + 4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
     label = f"{fps:.1f} FPS  frame {fr.index}"
     cv2.putText(image, label, (6, image.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
     return image

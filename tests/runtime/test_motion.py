@@ -239,3 +239,25 @@ def test_a_looped_clip_starts_its_motion_afresh_each_pass(motion_bundle, tmp_pat
     rec = Recognizer.open(motion_bundle, backend="ort-cpu")
     seen = [fr.index for fr in rec.stream([str(clip)], loop=2, alerts=None, grid=(6, 8), stride=2)]
     assert seen == [2, 4, 6, 2, 4, 6]  # frame 0 of each pass primes the motion, it has none
+
+
+def test_the_overlay_draws_a_region_two_models_scored_once_and_red_when_either_alerts():
+    from pixlm.runtime.outputs.video import draw_overlay
+    from pixlm.runtime.regions import Region
+    from pixlm.runtime.scoring import Result
+    from pixlm.runtime.stream import FrameResult, RegionResult
+
+    region = Region("r0c0", 0, 0, 96, 96)
+    heat = np.arange(196, dtype=np.float32).reshape(14, 14)
+    result = Result("", -1, 0.0, [], 1.0, nll_map=heat)
+    frame = np.full((96, 96, 3), 128, np.uint8)
+
+    def overlay(*rrs):
+        return draw_overlay(FrameResult("cam", 0, 0.0, frame, list(rrs), 0.0), 0.0)
+
+    one = overlay(RegionResult(region, result, False))
+    two = overlay(
+        RegionResult(region, result, False, model="scene"), RegionResult(region, result, True, model="motion")
+    )
+    assert tuple(two[60, 0]) == (0, 0, 255) and tuple(one[60, 0]) == (0, 255, 0)  # the box: red if either
+    assert np.array_equal(one[60:90, 10:90], two[60:90, 10:90])  # one heat map, not two blended
