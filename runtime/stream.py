@@ -251,9 +251,8 @@ class Streamer:
             motion = rec.tokenizer.config.motion
             book = AlertBook(a, rec.tokenizer.palette, name) if a else None
             self.models.append(_Model(rec, name, book, Motion(motion) if motion else None))
-        self.alerts = alert_rules(  # the first model's, for those who ask
-            given[0], anomaly_threshold, anomaly_score, alert_after, alert_end_after, alert_update_every
-        )
+        first = self.models[0].book
+        self.alerts = first.rules if first is not None else None  # the first model's, for those who ask
         self.zones = zones
         # per-token maps: for an output that draws them (the overlay) and for the alerts' persistence
         self.nll_map = nll_map or any(m.book is not None for m in self.models)
