@@ -33,7 +33,7 @@ SCENE_BUNDLE := build/vtest-scene
 MOTION_BUNDLE := build/vtest-motion
 DEMO_OUT := out
 
-# The story of the shipped models, in pictures, under out/ (under 3 min on 2 idle cores). First
+# The story of the shipped models, in pictures, under out/ (about 4 min on 2 idle cores). First
 # their bundles: the Fashion-MNIST model's (ONNX fp32 + INT8, validated, gated and its open-set
 # gate fitted on the calibration split, never on the images the demo reports on) and the scene
 # model's, learned from vtest.avi's first 50% without labels, its alert thresholds calibrated on
