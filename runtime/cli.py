@@ -366,6 +366,7 @@ def run(**options) -> None:
           --jsonl out.jsonl --save out.mp4
       pixlm run rtsp://127.0.0.1:8554/cam --roi 0,0,320,240 --anomaly-threshold 0.5
       pixlm run clip.mp4 --bundle build/vtest-scene --grid 6x8 --jsonl alerts.jsonl
+      pixlm run clip.mp4 --bundle build/vtest-scene --bundle build/vtest-motion  # looks and motion
       pixlm run --config camera.toml
       PIXLM_SERVE_TOKEN=$(openssl rand -hex 16) pixlm run clip.mp4 --realtime --loop 0 \\
           --serve 0.0.0.0:8080 --mqtt mqtt://broker/pixlm --snapshots snaps/

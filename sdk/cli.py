@@ -564,7 +564,7 @@ def motion(quick, out, threads, bundle, scene_bundle, video, seeds, design) -> N
     running walker and the motion-surprise map).
 
     \b
-    Example (about 10 min on 2 cores):
+    Example (about 15 min on 2 cores):
       pixlm-export sdk/models/vtest-motion.pt --data vtest.avi --no-int8 --no-dynamic -o build/vtest-motion
       pixlm study motion --out docs/figures
     """
