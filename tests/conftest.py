@@ -107,33 +107,29 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 SCENE_MODEL = Path(__file__).parents[1] / "sdk" / "models" / "vtest-scene.pt"
+MOTION_MODEL = Path(__file__).parents[1] / "sdk" / "models" / "vtest-motion.pt"
+
+
+def export_video_bundle(model: Path, out: Path) -> Path:
+    """A shipped vtest.avi model's bundle (fp32), its alert thresholds calibrated on the frames its
+    checkpoint names (vtest.avi 50-60%), exported as `make demo` does (about 30 s)."""
+    run_cli(
+        "pixlm-export", str(model), "--data", str(VTEST), "--no-int8", "--no-dynamic",
+        "--eval-images", "64", "--bench-seconds", "0", "-o", str(out),
+    )  # fmt: skip
+    return out
 
 
 @pytest.fixture(scope="session")
 def scene_bundle(tmp_path_factory) -> Path:
-    """The shipped scene model's bundle (fp32) with its alert thresholds calibrated on the frames
-    its checkpoint names (vtest.avi 50-60%), exported as `make demo` does (about 30 s)."""
-    out = tmp_path_factory.mktemp("scene") / "bundle"
-    run_cli(
-        "pixlm-export", str(SCENE_MODEL), "--data", str(VTEST), "--no-int8", "--no-dynamic",
-        "--eval-images", "64", "--bench-seconds", "0", "-o", str(out),
-    )  # fmt: skip
-    return out
-
-
-MOTION_MODEL = Path(__file__).parents[1] / "sdk" / "models" / "vtest-motion.pt"
+    """The shipped scene (appearance) model's bundle."""
+    return export_video_bundle(SCENE_MODEL, tmp_path_factory.mktemp("scene") / "bundle")
 
 
 @pytest.fixture(scope="session")
 def motion_bundle(tmp_path_factory) -> Path:
-    """The shipped motion model's bundle (fp32), its alert thresholds calibrated on the frames its
-    checkpoint names (vtest.avi 50-60%), exported as `make demo` does."""
-    out = tmp_path_factory.mktemp("motion") / "vtest-motion"
-    run_cli(
-        "pixlm-export", str(MOTION_MODEL), "--data", str(VTEST), "--no-int8", "--no-dynamic",
-        "--eval-images", "64", "--bench-seconds", "0", "-o", str(out),
-    )  # fmt: skip
-    return out
+    """The shipped motion model's bundle (named as `make demo` names it)."""
+    return export_video_bundle(MOTION_MODEL, tmp_path_factory.mktemp("motion") / "vtest-motion")
 
 
 @pytest.fixture(scope="session")
