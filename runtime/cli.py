@@ -143,8 +143,8 @@ def ensure_default_bundle() -> Path:
 @click.option(
     "--precision",
     default=None,
-    help="Bundle file to run: fp32, int8, int8-dynamic [default: fp32 with prefix reuse "
-    "(exact), else the bundle's recommendation].",
+    help="Bundle file to run: fp32, int8, int8-dynamic [default: the bundle's recommendation; "
+    "fp32 with --prefix-reuse (exact)].",
 )
 @click.option(
     "--roi",
@@ -254,9 +254,11 @@ def ensure_default_bundle() -> Path:
 )
 @click.option(
     "--prefix-reuse/--no-prefix-reuse",
-    default=True,
+    default=False,
     show_default=True,
-    help="Reuse each region's KV cache up to its first changed token.",
+    help="Reuse each region's KV cache up to its first changed token (exact: runs the fp32 file). "
+    "Off by default: on a CPU the dynamic-INT8 full pass is as fast even on a static scene "
+    "(docs/performance.md).",
 )
 @click.option(
     "--unknown/--no-unknown",

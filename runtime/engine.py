@@ -41,11 +41,21 @@ class Engine(Protocol):
         ...
 
 
+# Most token positions one CPU call should hold (8 rows of the shipped model's BOS + 196). ONNX
+# Runtime's CPU arena keeps the largest call's activations for the session's life: 16 rows held
+# about 30 MB more than 8, and on a CPU they bought no speed (`pixlm run vtest.avi --grid 2x2`,
+# --batch 8 against 16: 0.99x wall, best of 5; docs/performance.md). The streamer splits larger
+# batches into calls of at most this many positions.
+CPU_CALL_POSITIONS = 8 * 197
+
+
 class OrtEngine:
     """An exported PixLM ONNX file (the contract in ``io_spec``) in an ONNX Runtime session.
 
     ``providers``: ONNX Runtime execution providers, default CPU. ``threads``: intra-op threads
-    (None = ONNX Runtime's default, one per core).
+    (None = ONNX Runtime's default, one per core). ``call_positions``: the most positions (rows x
+    tokens) a streamer should put in one call: ``CPU_CALL_POSITIONS`` on the CPU, None (no limit
+    of its own) on a GPU provider.
     """
 
     def __init__(
@@ -61,6 +71,8 @@ class OrtEngine:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.path = str(onnx_path)
+        cpu_only = all(p == "CPUExecutionProvider" for p in (providers or ["CPUExecutionProvider"]))
+        self.call_positions: int | None = CPU_CALL_POSITIONS if cpu_only else None
         try:
             self.session = ort.InferenceSession(
                 self.path, options, providers=providers or ["CPUExecutionProvider"]

@@ -106,18 +106,17 @@ class Recognizer:
         threads: int | None = None,
         top_k: int = 3,
         trt_cache_dir: str | os.PathLike | None = None,
-        exact_reuse: bool = True,
+        exact_reuse: bool = False,
         unknown: bool = True,
     ) -> Recognizer:
         """Load and verify a bundle and start an engine on ``backend``.
 
         ``precision``: a file key of the bundle ("fp32", "int8", "int8-dynamic", ...); default: the
-        exporter's recommendation for the backend, except that ``exact_reuse`` (on by default, as
-        ``Streamer``'s prefix reuse and ``pixlm run`` are) avoids the dynamic-INT8 file, whose
-        per-call activation scales make a partial recompute differ from a full one (scores by up
-        to 0.06 on vtest.avi), in favour of fp32: the file ``pixlm run`` picks. Pass
-        ``exact_reuse=False`` to get the recommendation when every frame is a full pass
-        (``prefix_reuse=False``, or ``predict`` only). ``unknown``: label inputs the bundle's
+        exporter's recommendation for the backend (the file ``pixlm run`` picks), except that
+        ``exact_reuse`` avoids the dynamic-INT8 file, whose per-call activation scales make a
+        partial recompute differ from a full one (scores by up to 0.06 on vtest.avi), in favour of
+        fp32: pass it for ``Streamer(..., prefix_reuse=True)``, as ``pixlm run --prefix-reuse``
+        does (the streamer refuses reuse on a dynamic-INT8 file). ``unknown``: label inputs the bundle's
         open-set gate rejects "unknown" (``Result.known`` False); off, every input gets the
         model's best label, as a closed-set classifier would.
         """

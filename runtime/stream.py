@@ -192,7 +192,7 @@ class Streamer:
         grid: tuple[int, int] | None = None,
         max_batch: int = 16,
         max_wait_ms: float = 20.0,
-        prefix_reuse: bool = True,
+        prefix_reuse: bool = False,
         anomaly_threshold: float | None = None,
         anomaly_score: str | None = None,
         alerts: AlertRules | Sequence[AlertRules | None] | None = None,
@@ -233,6 +233,12 @@ class Streamer:
         self._unfit: set[str] = set()  # sources whose first frame could not hold their regions
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse = prefix_reuse
+        inexact = [r for r in recs if "dynamic" in str(getattr(r, "file_key", ""))]
+        if prefix_reuse and inexact:
+            raise ValueError(
+                f"prefix reuse is exact only with a static file, not {inexact[0].file_key!r} (its "
+                "activation scales change with each call): open the recognizer with exact_reuse=True"
+            )
         given = list(alerts) if isinstance(alerts, (list, tuple)) else [alerts] * len(recs)
         if len(given) != len(recs):
             raise ValueError(f"{len(recs)} models but {len(given)} alert rule sets")
@@ -479,9 +485,13 @@ class Streamer:
             return {}
         keys = [(p.frame.source, r.name) for p in batch for r in p.regions]
         tokens = np.concatenate([p.tokens[i] for p in batch])
-        # No engine call exceeds max_batch regions, nor the engine's own limit (TensorRT profiles):
-        # a frame of many regions is split over several calls.
+        # No engine call exceeds max_batch regions, nor the engine's own limits (TensorRT profiles;
+        # positions per CPU call, which bound ONNX Runtime's arena): a batch of many regions is
+        # split over several calls.
         cap = min(self.max_batch, getattr(m.rec.engine, "max_batch", None) or self.max_batch)
+        positions = getattr(m.rec.engine, "call_positions", None)
+        if positions:
+            cap = min(cap, max(1, positions // (tokens.shape[1] + 1)))
         results: list = [None] * len(keys)
         if self.prefix_reuse:
             # A region seen twice in one batch (several frames of one file) reuses its own previous

@@ -189,10 +189,11 @@ def _first_change(previous: np.ndarray, tokens: np.ndarray) -> int:
 
 def test_the_python_api_streams_the_file_and_scores_the_cli_does(tiny_bundle, tmp_path):
     """A bundle that recommends the dynamic INT8 file for CPUs (its activation scales follow each
-    call, so a prefix reused from the cache is not what a full pass gives). ``pixlm run`` streams
-    with prefix reuse on fp32 instead; ``Recognizer.open()`` picked the dynamic INT8 file while
-    ``Streamer`` reused prefixes by default, so the same frames scored differently from Python.
-    Now both pick fp32 and agree on every region of every frame of vtest.avi."""
+    call, so a prefix reused from the cache is not what a full pass gives). By default neither
+    ``pixlm run`` nor the Python API reuses prefixes, and both run the recommended file; with reuse
+    both run fp32. Either way they agree on every region of every frame of vtest.avi (one frame per
+    engine call, so the dynamic file's scales see the same rows). Reuse on the dynamic file is
+    refused rather than silently inexact."""
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
     man = json.loads((bundle / mf.MANIFEST).read_text())
@@ -200,22 +201,33 @@ def test_the_python_api_streams_the_file_and_scores_the_cli_does(tiny_bundle, tm
     man[mf.K_MANIFEST_SHA256] = manifest_sha256(man)
     (bundle / mf.MANIFEST).write_text(json.dumps(man))
 
-    rec = Recognizer.open(bundle, backend="ort-cpu", threads=1)
-    assert rec.file_key == mf.FP32
-    with Streamer(rec, [str(VTEST)], grid=(2, 2), max_frames=12) as frames:  # prefix reuse: the default
-        python = {(fr.index, rr.region.name): rr.result.to_dict() for fr in frames for rr in fr.regions}
-    assert rec.stats["tokens_saved"] > 0
-    out = tmp_path / "cli.jsonl"
-    args = ("--bundle", str(bundle), "--backend", "ort-cpu", "--grid", "2x2", "--max-frames", "12")
-    p = pixlm_run(str(VTEST), *args, "--threads", "1", "--jsonl", str(out), "-q")
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err
-    cli = {(r["frame"], r["region"]["name"]): r for r in read_jsonl(out) if r["type"] == "result"}
-    assert cli.keys() == python.keys() and len(cli) == 48
-    for key, want in cli.items():
-        got = python[key]
-        assert got["label"] == want["label"], key
-        assert abs(got["score"] - want["score"]) <= 2e-6, (key, got["score"], want["score"])
-        assert abs(got["ood_score"] - want["ood_score"]) <= 2e-4, (key, got["ood_score"], want["ood_score"])
-    dynamic = Recognizer.open(bundle, backend="ort-cpu", threads=1, exact_reuse=False)
-    assert dynamic.file_key == mf.INT8_DYNAMIC  # the recommendation, when asked for
+    for reuse in (False, True):
+        rec = Recognizer.open(bundle, backend="ort-cpu", threads=1, exact_reuse=reuse)
+        assert rec.file_key == (mf.FP32 if reuse else mf.INT8_DYNAMIC)
+        with Streamer(
+            rec, [str(VTEST)], grid=(2, 2), max_frames=12, max_batch=4, prefix_reuse=reuse
+        ) as frames:
+            python = {(fr.index, rr.region.name): rr.result.to_dict() for fr in frames for rr in fr.regions}
+        assert (rec.stats["tokens_saved"] > 0) == reuse
+        out = tmp_path / f"cli-{reuse}.jsonl"
+        args = ["--bundle", str(bundle), "--backend", "ort-cpu", "--grid", "2x2", "--max-frames", "12"]
+        args += ["--batch", "4", "--threads", "1", "--jsonl", str(out), "-q"]
+        p = pixlm_run(str(VTEST), *args, *(["--prefix-reuse"] if reuse else []))
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        cli = {(r["frame"], r["region"]["name"]): r for r in read_jsonl(out) if r["type"] == "result"}
+        assert cli.keys() == python.keys() and len(cli) == 48
+        for key, want in cli.items():
+            got = python[key]
+            assert got["label"] == want["label"], key
+            assert abs(got["score"] - want["score"]) <= 2e-6, (key, got["score"], want["score"])
+            assert abs(got["ood_score"] - want["ood_score"]) <= 2e-4, (
+                key,
+                got["ood_score"],
+                want["ood_score"],
+            )
+            assert (got["reused_tokens"] > 0) <= reuse
+    dynamic = Recognizer.open(bundle, backend="ort-cpu", threads=1)
+    assert dynamic.file_key == mf.INT8_DYNAMIC  # the recommendation, the default
+    with pytest.raises(ValueError, match="exact_reuse=True"):
+        Streamer(dynamic, [str(VTEST)], prefix_reuse=True)

@@ -15,6 +15,7 @@ from conftest import VTEST
 from pixlm.data import load_fashion_mnist
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.bundle import BundleError
+from pixlm.runtime.engine import CPU_CALL_POSITIONS
 from pixlm.runtime.recognizer import BackendUnavailable, Recognizer
 from pixlm.runtime.sources import SourceError
 from pixlm.runtime.stream import Streamer, grid_regions
@@ -159,10 +160,11 @@ def test_bad_sources_and_bundles_are_clear_errors(rec, tmp_path):
 class _CountingEngine:
     """The real ONNX Runtime engine, recording the batch size of every call it gets."""
 
-    def __init__(self, engine, max_batch=None):
+    def __init__(self, engine, max_batch=None, call_positions=None):
         self._engine, self.batches = engine, []
         if max_batch is not None:
             self.max_batch = max_batch
+        self.call_positions = call_positions
         for name in ("n_layer", "n_head", "head_dim", "vocab_size"):
             setattr(self, name, getattr(engine, name))
 
@@ -187,6 +189,19 @@ def test_no_engine_call_exceeds_the_batch_cap(tiny_bundle, reuse):
             out = list(s)
         assert len(out) == 6 and all(len(fr.regions) == 20 for fr in out)
         assert max(spy.batches) == expect and len(spy.batches) >= 20 // expect  # the first frame alone
+
+
+def test_a_cpu_engine_gets_calls_of_at_most_its_positions(tiny_bundle):
+    """ONNX Runtime's CPU arena keeps the largest call's activations: a batch of 16 regions of
+    197 positions held ~30 MB more than two calls of 8, for no speed. The CPU engine says how many
+    positions a call should hold; the streamer splits batches to fit (it used to send all 16)."""
+    rec = Recognizer.open(tiny_bundle, backend="ort-cpu", precision="fp32", threads=1, unknown=False)
+    n = rec.tokenizer.n_tokens + 1  # BOS + image tokens
+    assert rec.engine.call_positions == CPU_CALL_POSITIONS and CPU_CALL_POSITIONS // n >= 8
+    rec.engine = spy = _CountingEngine(rec.engine, call_positions=3 * n)
+    with Streamer(rec, [str(VTEST)], grid=(4, 5), max_batch=16, max_frames=4) as s:
+        out = list(s)
+    assert len(out) == 4 and max(spy.batches) == 3 and sum(spy.batches) == 80
 
 
 def test_grids_too_fine_or_too_large_are_refused(rec):
