@@ -121,9 +121,15 @@ def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
         raise ValueError("average needs at least two checkpoints")
     states = [load_state(p) for p in srcs]
     first = states[0]
+
+    def same(key: str, a: dict, b: dict) -> bool:  # tokenizers compare as configs: a field added
+        if key == "tokenizer":  # since an early epoch was saved takes its default
+            return TokenizerConfig.from_dict(a[key]) == TokenizerConfig.from_dict(b[key])
+        return a[key] == b[key]
+
     for p, st in zip(srcs[1:], states[1:], strict=True):
         for key in ("config", "tokenizer", "labels"):
-            if st[key] != first[key]:
+            if not same(key, st, first):
                 raise ValueError(f"{p}: {key} differs from {srcs[0]}'s; average epochs of one model")
     weights = {}
     for k, v in first["model"].items():

@@ -9,12 +9,17 @@ all 10,000 test images, class c normal and the other nine anomalous; AUROC per c
                                mean-pooled middle-layer features --> scores --> AUROC
 
 Scores, side by side: ``raw`` bits per pixel; ``png-corrected`` bits per pixel minus the PNG
-length (Serrà et al. 2020); ``typicality``: Mahalanobis distance of (bits per pixel, PNG bits,
-largest and spread of token surprises) to the held-out normal images (the runtime's open-set
-recipe without the label term); ``features``: Mahalanobis distance of the model's mean-pooled
-middle-layer activations to those of the training images (Ledoit-Wolf shrunk covariance).
-Baselines on raw pixels, in the same run: a one-class SVM (RBF) and the mean distance to the 5
-nearest training images.
+length (Serrà et al. 2020); ``ratio``: bits per pixel minus those of a token background model
+fitted on the class's training tokens (Ren et al. 2019's likelihood ratio, with
+``pixlm.runtime.background`` as the background, as the open-set gate uses it); ``typicality``:
+Mahalanobis distance of (bits per pixel, PNG bits, largest and spread of token surprises) to the
+held-out normal images (the runtime's open-set recipe without the label term); ``features``:
+Mahalanobis distance of the model's mean-pooled middle-layer activations to those of the training
+images (Ledoit-Wolf shrunk covariance); ``features-knn``: the mean distance to the 5 nearest
+training images in the same (standardised) feature space.
+Baselines on raw pixels, in the same run: one-class SVMs (RBF, ``gamma`` from the median-distance
+heuristic on the training images, no anomaly looked at; ``nu`` 0.05, 0.1 and 0.2, each reported)
+and the mean distance to the 5 nearest training images.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from pixlm import checkpoint
 from pixlm.data import FASHION_MNIST_LABELS, load_fashion_mnist
 from pixlm.progress import above, bar
+from pixlm.runtime.background import BackgroundModel
 from pixlm.runtime.novelty import OODGate
 from pixlm.studies.common import (
     auroc,
@@ -43,7 +49,18 @@ from pixlm.studies.common import (
 )
 from pixlm.train import TrainConfig, train
 
-SCORES = ("raw", "png-corrected", "typicality", "features", "pixel-ocsvm", "pixel-knn")
+PIXLM_SCORES = ("raw", "png-corrected", "ratio", "typicality", "features", "features-knn")
+NUS = (0.05, 0.1, 0.2)  # the one-class SVM's nu: each reported, none chosen
+SCORES = (
+    "raw",
+    "png-corrected",
+    "ratio",
+    "typicality",
+    "features",
+    "features-knn",
+    *(f"pixel-ocsvm nu={nu}" for nu in NUS),
+    "pixel-knn",
+)
 ANCHORS = {  # published means (AUROC, %), Fashion-MNIST one-class protocol
     "GEOM (Golan & El-Yaniv 2018)": 93.5,
     "GOAD (Bergman & Hoshen 2020)": 94.1,
@@ -111,15 +128,37 @@ def _mahalanobis(fit: np.ndarray, test: np.ndarray) -> np.ndarray:
     return lw.mahalanobis(test)
 
 
+def knn_distance(fit: np.ndarray, test: np.ndarray, k: int = 5, batch: int = 1000) -> np.ndarray:
+    """Mean Euclidean distance of each test row to its ``k`` nearest rows of ``fit``."""
+    fit = fit.astype(np.float32)
+    sq = (fit * fit).sum(1)
+    out = []
+    for i in range(0, len(test), batch):
+        t = test[i : i + batch].astype(np.float32)
+        d2 = (t * t).sum(1)[:, None] - 2 * t @ fit.T + sq[None, :]
+        out.append(np.sqrt(np.maximum(np.partition(d2, k, axis=1)[:, :k], 0)).mean(1))
+    return np.concatenate(out)
+
+
+def median_gamma(x: np.ndarray, n: int = 1000, seed: int = 0) -> float:
+    """The RBF kernel's gamma from the median-distance heuristic: 1 / (2 median^2) of the pairwise
+    distances among (up to ``n`` of) the normal training rows; no anomaly is looked at."""
+    x = x[np.random.default_rng(seed).permutation(len(x))[:n]]
+    d2 = (x * x).sum(1)[:, None] - 2 * x @ x.T + (x * x).sum(1)[None, :]
+    return float(1.0 / (2 * np.median(np.maximum(d2[np.triu_indices(len(x), 1)], 0))))
+
+
 def _pixel_baselines(normal: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     from sklearn.svm import OneClassSVM
 
     x = normal.reshape(len(normal), -1).astype(np.float32) / 255
     t = test.reshape(len(test), -1).astype(np.float32) / 255
-    svm = OneClassSVM(kernel="rbf", gamma="scale", nu=0.1).fit(x)
-    d2 = (t * t).sum(1)[:, None] - 2 * t @ x.T + (x * x).sum(1)[None, :]
-    knn = np.sqrt(np.maximum(np.partition(d2, 5, axis=1)[:, :5], 0)).mean(1)
-    return {"pixel-ocsvm": -svm.decision_function(t), "pixel-knn": knn}
+    gamma = median_gamma(x)
+    out = {
+        f"pixel-ocsvm nu={nu}": -OneClassSVM(kernel="rbf", gamma=gamma, nu=nu).fit(x).decision_function(t)
+        for nu in NUS
+    }
+    return {**out, "pixel-knn": knn_distance(x, t)}
 
 
 def score_class(c: int, model_path: Path, calib: np.ndarray, normal: np.ndarray, test) -> dict:
@@ -134,12 +173,20 @@ def score_class(c: int, model_path: Path, calib: np.ndarray, normal: np.ndarray,
         bpp = s["bits"].mean(1) / ppt
         return np.stack([bpp, s["png"], s["bits"].max(1), s["bits"].std(1)], 1)
 
+    from sklearn.preprocessing import StandardScaler
+
     gate = OODGate.fit(summary(cal))
+    palette = np.asarray(tok.config.palette)
+    background = BackgroundModel.fit(tok.encode_prepared(normal), palette, tok.grid)
+    background_bits = background.token_bits(tok.encode_prepared(test.images))
+    scaler = StandardScaler().fit(seen)
     scores = {
         "raw": tst["bits"].mean(1) / ppt,
         "png-corrected": tst["bits"].mean(1) / ppt - tst["png"],
+        "ratio": (tst["bits"] - background_bits).mean(1) / ppt,
         "typicality": gate.score(summary(tst)),
         "features": _mahalanobis(seen, tst["features"]),
+        "features-knn": knn_distance(scaler.transform(seen), scaler.transform(tst["features"])),
         **_pixel_baselines(normal, test.images),
     }
     is_normal = test.labels == c
@@ -168,7 +215,7 @@ def run(opts: OneClassOptions, log: Callable[[str], None] = print) -> dict:
         "quick": opts.quick,
     }
     for c in bar(opts.classes, "one-class study", unit="class"):
-        if str(c) in results["classes"]:
+        if set(SCORES) <= set(results["classes"].get(str(c), {}).get("auroc", {})):
             log(f"class {c} ({FASHION_MNIST_LABELS[c]}): done in an earlier run, kept")
             continue
         t0 = time.time()
@@ -198,7 +245,7 @@ def _figure(results: dict, path: Path) -> None:
     for c, r in sorted(results["classes"].items(), key=lambda kv: int(kv[0])):
         series = [
             (f"{k} {r['auroc'][k]:.2f}", np.array(r["roc"][k][0]), np.array(r["roc"][k][1]))
-            for k in ("raw", "png-corrected", "features", "pixel-ocsvm")
+            for k in ("raw", "ratio", "features-knn", "pixel-ocsvm nu=0.1", "pixel-knn")
         ]
         title = FASHION_MNIST_LABELS[int(c)]
         panels.append(line_plot(series, title, "false pos.", "true pos.", size=(300, 240), diagonal=True))
@@ -214,4 +261,19 @@ def format_table(results: dict) -> str:
         lines.append(f"| {c} {FASHION_MNIST_LABELS[int(c)]} | {cells} |")
     lines.append("| **mean** | " + " | ".join(f"**{results['mean'][k]:.3f}**" for k in SCORES) + " |")
     lines.append("| min | " + " | ".join(f"{results['min'][k]:.3f}" for k in SCORES) + " |")
+    for k in PIXLM_SCORES:
+        verdict = "met" if goal_met(results, k) else "NOT met"
+        lines.append(f"goal for {k} (mean >= 0.95 and above GOAD and the pixel 5-NN, min >= 0.85): {verdict}")
     return "\n".join(lines)
+
+
+def goal_met(results: dict, score: str) -> bool:
+    """Mean AUROC >= 0.95, above GOAD's published 94.1 and the same run's pixel 5-NN, and no
+    class below 0.85."""
+    mean, low = results["mean"][score], results["min"][score]
+    return bool(
+        mean >= 0.95
+        and 100 * mean > ANCHORS["GOAD (Bergman & Hoshen 2020)"]
+        and mean > results["mean"]["pixel-knn"]
+        and low >= 0.85
+    )

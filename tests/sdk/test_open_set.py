@@ -11,7 +11,8 @@ import numpy as np
 from pixlm.data import load_fashion_mnist
 from pixlm.runtime import manifest as mf
 from pixlm.runtime.recognizer import Recognizer
-from pixlm.studies.ood import SYMMETRIC, hershey_glyphs
+from pixlm.studies.glyphs import hershey_glyphs
+from pixlm.studies.ood import SYMMETRIC
 
 
 def share_known(rec: Recognizer, images: np.ndarray) -> float:

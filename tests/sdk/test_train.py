@@ -194,6 +194,19 @@ def test_average_refuses_different_models(tiny_checkpoint, tmp_path):
     assert p.returncode != 0 and "at least two" in p.stderr
 
 
+def test_average_takes_epochs_saved_before_and_after_a_new_tokenizer_field(tiny_checkpoint, tmp_path):
+    """A run resumed across versions: its early epochs were saved before the tokenizer gained a
+    field (``motion``), its late ones after. The tokenizers are the same; averaging them was
+    refused as 'tokenizer differs'."""
+    old = tmp_path / "old.pt"
+    state = torch.load(tiny_checkpoint, weights_only=False)
+    state["tokenizer"].pop("motion")  # as saved before the field existed
+    torch.save(state, old)
+    out = tmp_path / "mean.pt"
+    run_cli("pixlm", "average", str(old), str(tiny_checkpoint), "-o", str(out))
+    assert checkpoint.load(out)[1].config == checkpoint.load(tiny_checkpoint)[1].config
+
+
 def test_init_replaces_another_label_set(tiny_checkpoint, tmp_path):
     """--init from a Fashion-MNIST model onto a task with other labels: new label tokens, same
     image tokens (this was refused with 'labels ... differ from the model's')."""
