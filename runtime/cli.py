@@ -500,6 +500,12 @@ def _check_options(cfg: RunConfig) -> tuple[str, ...]:
         regions.rois_per_source(cfg.roi, cfg.sources, source_names(list(cfg.sources)))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--roi'") from None
+    if cfg.prefix_reuse and cfg.precision and "dynamic" in cfg.precision:
+        raise click.BadParameter(
+            f"{cfg.precision} quantizes each call differently, so --prefix-reuse would not be exact: "
+            "drop one of them, or run fp32 or int8",
+            param_hint="--precision",
+        )
     kinds = tuple(k.strip() for k in cfg.event_kinds.split(",") if k.strip())
     if not kinds or set(kinds) - set(KINDS):
         choices = ", ".join(KINDS)

@@ -173,6 +173,7 @@ def test_rtsp_camera_restart_mid_run(tiny_bundle, tmp_path, procs):
         ([str(VTEST), "--snapshots", "/proc/no/such"], "cannot create the snapshot folder"),
         ([str(VTEST), "--events", "anomaly,bogus"], "choose from anomaly, label, status"),
         ([str(VTEST), "--stats-json", "/nonexistent-dir/stats.json"], "no such folder"),
+        ([str(VTEST), "--prefix-reuse", "--precision", "int8-dynamic"], "would not be exact: drop one"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_bundle, args, words):
