@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from pixlm.runtime import manifest as mf
 from pixlm.runtime import regions, runconfig
 from pixlm.runtime.defaults import default_bundle_dir
 from pixlm.runtime.recognizer import BACKENDS
@@ -500,7 +501,7 @@ def _check_options(cfg: RunConfig) -> tuple[str, ...]:
         regions.rois_per_source(cfg.roi, cfg.sources, source_names(list(cfg.sources)))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--roi'") from None
-    if cfg.prefix_reuse and cfg.precision and "dynamic" in cfg.precision:
+    if cfg.prefix_reuse and cfg.precision and not mf.exact_under_reuse(cfg.precision):
         raise click.BadParameter(
             f"{cfg.precision} quantizes each call differently, so --prefix-reuse would not be exact: "
             "drop one of them, or run fp32 or int8",

@@ -78,6 +78,14 @@ K_MANIFEST_SHA256 = "manifest_sha256"
 
 # files: one entry per produced file, keyed by what it is
 FP32, INT8, INT8_DYNAMIC = "fp32", "int8", "int8-dynamic"  # ONNX files
+
+
+def exact_under_reuse(file_key: str) -> bool:
+    """Whether a file's logits from a cached prefix equal a full pass: not for dynamic INT8, whose
+    activation scales follow each call (the manifest's ``prefix_reuse_max_abs_logit_diff``)."""
+    return "dynamic" not in file_key
+
+
 TRT_PREFIX = "tensorrt-"  # TensorRT engines: "tensorrt-int8", "tensorrt-fp16"
 F_PATH, F_SHA256, F_BYTES = "path", "sha256", "bytes"  # relative to the bundle folder
 F_PRECISION, F_FORMAT = "precision", "format"  # "fp32" | "int8" | "fp16";  FORMAT_*

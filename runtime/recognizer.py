@@ -141,7 +141,7 @@ class Recognizer:
             check_engine(bundle, engine, key)
             return cls(bundle, engine, backend, key, top_k, unknown)
         key = precision or bundle.recommended("cpu")
-        if precision is None and exact_reuse and "dynamic" in key and "fp32" in bundle.files:
+        if precision is None and exact_reuse and not mf.exact_under_reuse(key) and "fp32" in bundle.files:
             key = "fp32"
         if backend == "ort-trt" and precision is None and "int8" in bundle.files:
             key = "int8"  # the QDQ model: TensorRT's explicit INT8

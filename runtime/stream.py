@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pixlm.runtime import manifest as mf
 from pixlm.runtime.alerts import AlertBook, AlertRules, Phase, blank, scene_time
 from pixlm.runtime.engine import Engine
 from pixlm.runtime.lanes import Lanes
@@ -233,7 +234,7 @@ class Streamer:
         self._unfit: set[str] = set()  # sources whose first frame could not hold their regions
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1e3
         self.prefix_reuse = prefix_reuse
-        inexact = [r for r in recs if "dynamic" in str(getattr(r, "file_key", ""))]
+        inexact = [r for r in recs if not mf.exact_under_reuse(str(getattr(r, "file_key", "")))]
         if prefix_reuse and inexact:
             raise ValueError(
                 f"prefix reuse is exact only with a static file, not {inexact[0].file_key!r} (its "

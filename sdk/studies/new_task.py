@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -40,14 +40,13 @@ SPLITS = {"train": 40, "calib": 20, "report": 100}  # images per class
 METHODS = ("pixlm --init", "pixlm from scratch", "CNN")
 SHIPPED_SHAPE = {"n_layer": 4, "n_head": 4, "d_model": 128}  # from scratch: the shipped model's shape
 TINY = {"n_layer": 2, "n_head": 2, "d_model": 32}  # quick mode
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist.pt"
 
 
 @dataclass
 class NewTaskOptions:
     out: Path = Path("out/studies")  # new-task.json
     runs: Path = Path("runs/new-task")  # the folders and models (not for git)
-    init: Path = SHIPPED
+    init: Path = field(default_factory=checkpoint.default_checkpoint)
     seeds: int = 3
     epochs: int = 20  # pixlm; the epoch kept is the one best on calib
     cnn_epochs: int = 100  # cheap: the CNN gets more, also chosen on calib
