@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pixlm.runtime import blas
+
 FEATURES = ("bits_per_pixel", "png_bits_per_pixel", "log_label_doubt", "max_token_bits", "std_token_bits")
 GATE_KIND = "mahalanobis-v2"  # manifest "ood.<file>.kind": summary + head, the recipe above
 SUMMARY_ONLY = "mahalanobis-v1"  # the summary distance alone (still loaded)
@@ -118,8 +120,9 @@ class HeadDistance:
     means: np.ndarray  # (K, r): class means, whitened
 
     def score(self, head: np.ndarray) -> np.ndarray:
-        z = np.asarray(head, dtype=np.float64) @ self.project
-        d = (z * z).sum(1)[:, None] - 2 * z @ self.means.T + (self.means * self.means).sum(1)[None]
+        with blas.one_thread():  # a batch's product is big enough to wake OpenBLAS's workers
+            z = np.asarray(head, dtype=np.float64) @ self.project
+            d = (z * z).sum(1)[:, None] - 2 * z @ self.means.T + (self.means * self.means).sum(1)[None]
         return np.maximum(d.min(1), 0.0)
 
     @classmethod

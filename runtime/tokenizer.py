@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from pixlm.runtime import blas
+
 RESIZE_POLICIES = ("stretch", "crop", "letterbox")
 SAMPLINGS = ("fast", "area")
 _FAST_SAMPLES = 8  # "fast": bilinear samples on an 8x8 grid per output pixel, then averaged
@@ -170,7 +172,8 @@ class Tokenizer:
         x = cells.astype(self._dtype)
         # |x - p|^2 = |x|^2 - 2 x.p + |p|^2; |x|^2 is the same for every p, so drop it.
         # All values are exact integers: every machine finds the same minimum (first on ties).
-        scores = self._palette_sq[None, :] - 2 * (x @ self._palette_f.T)
+        with blas.one_thread():  # OpenBLAS's spinning workers would halve the engine's next call
+            scores = self._palette_sq[None, :] - 2 * (x @ self._palette_f.T)
         return scores.argmin(1).astype(np.int64)
 
     def _build_lut(self) -> np.ndarray | None:

@@ -125,6 +125,13 @@ def main() -> None:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Per process.")
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--label-weight", type=float, default=1.0, show_default=True, help="0 = pixel loss only.")
+@click.option(
+    "--teacher",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Distil: also learn this (bigger) model's label distribution, e.g. a small model from "
+    "sdk/models/fashion-mnist.pt. Its labels must match the data's.",
+)
 @click.option("--shift", type=int, default=0, show_default=True, help="Random shift augmentation, pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
@@ -391,7 +398,8 @@ def _torch_threads(ctx, param, value: int | None) -> int | None:
 def one_class(quick, out, threads, classes, epochs, runs, max_minutes) -> None:
     """Train a label-free model per Fashion-MNIST class, score all test images (AUROC).
 
-    Classes already in OUT/one-class.json are kept: an interrupted study continues.
+    Classes already in OUT/one-class.json are kept when made with the same settings: an interrupted
+    study continues; a changed one starts afresh.
     """
     from pixlm.studies import one_class as study_mod
 
@@ -619,7 +627,8 @@ def few_labels(quick, out, threads, pretrained, per_class, draws) -> None:
     First pretrain without labels on the first 55,000 images (about 3 h on 2 cores, resumable):
       pixlm train --max-images 55000 --label-weight 0 --eval-split calib --epochs 4 \\
         --precision bf16 -o runs/fm-pretrain.pt
-    Runs already in OUT/few-labels.json are kept: an interrupted study continues.
+    Runs already in OUT/few-labels.json are kept when made with the same protocol: an interrupted
+    study continues; a changed one starts afresh.
     """
     from pixlm.studies import few_labels as study_mod
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pixlm import checkpoint
+from pixlm import checkpoint, distill
 from pixlm.data import Dataset, load_source, shift_batch
 from pixlm.evaluate import evaluate
 from pixlm.model import PixLM, PixLMConfig
@@ -53,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 200
     label_weight: float = 1.0  # 0 = self-supervised (pixel loss only)
+    teacher: str | None = None  # distil: also learn this model's label distribution (pixlm.distill)
     shift: int = 0  # random translation augmentation, pixels
     seed: int = 0
     threads: int | None = None  # torch CPU threads (default: torch's choice)
@@ -199,6 +200,13 @@ def train(
     t_start, metrics = time.time(), {}
     history = list(state.get("history", [])) if state else []
     labelled = cfg.label_weight > 0 and bool((data.labels >= 0).any())
+    soft = None
+    if cfg.teacher:
+        if not labelled or (data.labels < 0).any():
+            raise ValueError("--teacher needs labelled training images and a label weight above 0")
+        cache = Path(cfg.output).with_suffix(".teacher.npz")
+        soft = distill.teacher_logits(cfg.teacher, data.images, tuple(data.label_names), cache)
+        log(f"teacher {cfg.teacher}: label logits of {len(soft)} training images")
 
     def save() -> None:
         if rank == 0:
@@ -226,7 +234,10 @@ def train(
         labels = torch.from_numpy(data.labels[idx]) if labelled else None
         for g in opt.param_groups:
             g["lr"] = _lr(step, total, cfg)
-        loss, pix, lab_logits = train_step(objective, opt, tokens, labels, cfg.label_weight, cfg.precision)
+        teacher = soft[idx] if soft is not None else None
+        loss, pix, lab_logits = train_step(
+            objective, opt, tokens, labels, cfg.label_weight, cfg.precision, teacher
+        )
         step += 1
         acc = float((lab_logits.argmax(1) == labels).float().mean()) if labels is not None else None
         loss_v = loss.item()
@@ -291,13 +302,17 @@ def train_step(
     labels: torch.Tensor | None,
     label_weight: float = 1.0,
     precision: str = "fp32",
+    teacher: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One update: losses (under bfloat16 autocast if asked), backward, clip to norm 1, AdamW step.
+    ``teacher``: the batch's teacher label logits; the label loss is then the distilled one.
 
     Returns (total loss, pixel loss, label logits). ``benchmarks/train_bench.py`` times this.
     """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         pix, lab, lab_logits = objective(tokens, labels)
+    if teacher is not None and lab is not None:
+        lab = distill.label_loss(lab_logits.float(), teacher, labels)
     loss = pix + (label_weight * lab if lab is not None else 0.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -122,6 +122,19 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def resume_results(path: Path, key: str, setup: dict, log: Callable[[str], None] = print) -> dict:
+    """The results an earlier run of a study left in ``path``, to resume, if they were made with
+    the same ``setup`` (stored under ``key``); otherwise empty results with this setup, so that a
+    changed protocol never mixes old runs into new figures."""
+    setup = json.loads(json.dumps(setup))  # as it reads back: tuples become lists
+    old = read_json(path)
+    if old and old.get(key) != setup:
+        log(f"{path}: made with another {key}; starting afresh")
+        old = {}
+    old[key] = setup
+    return old
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

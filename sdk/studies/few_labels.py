@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pixlm import checkpoint
 from pixlm.data import Dataset, load_fashion_mnist, shift_batch
 from pixlm.progress import above, bar
-from pixlm.studies.common import features_of, line_plot, read_json, write_json, write_png
+from pixlm.studies.common import features_of, line_plot, resume_results, write_json, write_png
 
 METHODS = (
     "CNN from scratch",
@@ -84,22 +84,27 @@ def train_cnn(
     epochs: int | None = None,
     batch: int | None = None,
     calib: Dataset | None = None,
+    cosine: bool = False,
 ) -> SmallCNN:
     """Adam 1e-3 with +-2 px shifts; by default about 600 steps (cheap: train it well), or
-    ``epochs`` of ``batch``. With ``calib``, the weights kept are those of the epoch most accurate
-    on it, and ``net.chosen`` says which: {"epoch", "accuracy"}."""
+    ``epochs`` of ``batch``; ``cosine`` decays the rate to zero over the run (as pixlm trains).
+    With ``calib``, the weights kept are those of the epoch most accurate on it: ``net.chosen``
+    says which ({"epoch", "accuracy"}) and ``net.curve`` lists every epoch's calib accuracy."""
     torch.manual_seed(seed)
     net = SmallCNN(len(data.label_names))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     batch = batch or min(50, max(10, len(data) // 4))
     epochs = epochs or max(1, round((100 if quick else 600) * batch / len(data)))
+    total = epochs * -(-len(data) // batch)
     rng = np.random.default_rng(seed)
-    best, best_state = {"epoch": 0, "accuracy": -1.0}, None
-    with bar(desc="CNN training", total=epochs * -(-len(data) // batch), leave=False, unit="step") as steps:
+    best, best_state, curve, step = {"epoch": 0, "accuracy": -1.0}, None, [], 0
+    with bar(desc="CNN training", total=total, leave=False, unit="step") as steps:
         for epoch in range(1, epochs + 1):
             net.train()
             order = rng.permutation(len(data))
             for i in range(0, len(order), batch):
+                if cosine:
+                    opt.param_groups[0]["lr"] = 1e-3 * 0.5 * (1 + np.cos(np.pi * step / total))
                 idx = order[i : i + batch]
                 x = torch.from_numpy(shift_batch(data.images[idx], 2, rng)).float()[:, None] / 255
                 loss = F.cross_entropy(net(x), torch.from_numpy(data.labels[idx]))
@@ -107,13 +112,15 @@ def train_cnn(
                 loss.backward()
                 opt.step()
                 steps.update()
+                step += 1
             if calib is not None:
                 acc = cnn_accuracy(net.eval(), calib)
+                curve.append(acc)
                 if acc > best["accuracy"]:
                     best, best_state = {"epoch": epoch, "accuracy": acc}, copy.deepcopy(net.state_dict())
     if best_state is not None:
         net.load_state_dict(best_state)
-        net.chosen = best
+        net.chosen, net.curve = best, curve
     return net.eval()
 
 
@@ -307,22 +314,24 @@ def run(opts: FewLabelsOptions, log: Callable[[str], None] = print) -> dict:
         report, unlabeled = report.take(np.arange(1000)), unlabeled[:5000]
     name = "few-labels-quick" if opts.quick else "few-labels"
     path = opts.out / f"{name}.json"
-    results = read_json(path) or {"runs": {}}
-    model, tok, state = checkpoint.load(opts.pretrained)
-    results["pretrained"] = {
-        "path": str(opts.pretrained),
-        "steps": state.get("step"),
-        **state.get("metrics", {}),
-    }
-    results["protocol"] = {
+    protocol = {
         "labelled": "draws from Fashion-MNIST training images 0-54,999 (split fit)",
         "unlabeled": f"{len(unlabeled)} images of split fit",
         "chosen on": f"{len(calib)} images of split calib (training images 55,000-59,999)",
         "reported on": f"{len(report)} test images",
         "steps": asdict(sched),
         "confidence": CONFIDENCE,
+        "pretrained": str(opts.pretrained),
     }
     log = above(log)  # log lines go above the progress bars
+    results = resume_results(path, "protocol", protocol, log)
+    results.setdefault("runs", {})
+    model, tok, state = checkpoint.load(opts.pretrained)
+    results["pretrained"] = {
+        "path": str(opts.pretrained),
+        "steps": state.get("step"),
+        **state.get("metrics", {}),
+    }
     log("linear-probe features of the report images")
     report_feats = features_of(model, tok, report.images, desc="report features")
     jobs = [(n, d) for d in range(opts.draws) for n in opts.per_class]  # draw by draw: a cut-off run

@@ -30,7 +30,7 @@ from pixlm import checkpoint
 from pixlm.data import Dataset, load_image_folder
 from pixlm.evaluate import evaluate
 from pixlm.progress import above, bar
-from pixlm.studies.common import read_json, write_json
+from pixlm.studies.common import resume_results, write_json
 from pixlm.studies.few_labels import cnn_accuracy, train_cnn
 from pixlm.studies.glyphs import HERSHEY, distort, draw_glyph
 from pixlm.train import TrainConfig, epoch_path, train
@@ -129,8 +129,7 @@ def run(opts: NewTaskOptions, log: Callable[[str], None] = print) -> dict:
     per_split = {"train": 32, "calib": 10, "report": 40} if opts.quick else SPLITS
     name = "new-task-quick" if opts.quick else "new-task"
     path = opts.out / f"{name}.json"
-    results = read_json(path) or {"runs": {}}
-    results["protocol"] = {
+    protocol = {
         "classes": list(characters),
         "images per class": per_split,
         "init": str(opts.init),
@@ -139,6 +138,8 @@ def run(opts: NewTaskOptions, log: Callable[[str], None] = print) -> dict:
         "chosen on": "calib (the epoch of each run)",
         "reported on": "report",
     }
+    results = resume_results(path, "protocol", protocol, log)
+    results.setdefault("runs", {})
     for seed in bar(range(opts.seeds), "new-task seeds", unit="seed"):
         root = opts.runs / ("quick" if opts.quick else "full") / f"seed{seed}"
         if not (root / "report").is_dir():

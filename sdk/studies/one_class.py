@@ -41,7 +41,7 @@ from pixlm.studies.common import (
     features_of,
     image_scores,
     line_plot,
-    read_json,
+    resume_results,
     roc_curve,
     tile_figures,
     write_json,
@@ -83,7 +83,7 @@ class OneClassOptions:
 
 
 def _train_class(c: int, opts: OneClassOptions, n_train: int, log: Callable[[str], None]) -> Path:
-    out = opts.runs / f"class{c}.pt"
+    out = opts.runs / f"class{c}-e{opts.epochs:g}.pt"  # a longer schedule never resumes a shorter one
     cfg = TrainConfig(
         data="fashion-mnist",
         output=str(out),
@@ -206,14 +206,15 @@ def run(opts: OneClassOptions, log: Callable[[str], None] = print) -> dict:
         test = test.take(np.arange(1000))
     name = "one-class-quick" if opts.quick else "one-class"
     results_path = opts.out / f"{name}.json"
-    results = read_json(results_path) or {"classes": {}}
-    results["settings"] = {
+    settings = {
         "epochs": opts.epochs,
         "batch_size": opts.batch_size,
         "model": opts.model,
         "test_images": len(test),
         "quick": opts.quick,
     }
+    results = resume_results(results_path, "settings", settings, log)
+    results.setdefault("classes", {})
     for c in bar(opts.classes, "one-class study", unit="class"):
         if set(SCORES) <= set(results["classes"].get(str(c), {}).get("auroc", {})):
             log(f"class {c} ({FASHION_MNIST_LABELS[c]}): done in an earlier run, kept")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import VTEST
+from pixlm.runtime import blas
 from pixlm.runtime.tokenizer import Tokenizer, TokenizerConfig, resize
 
 RNG = np.random.default_rng(0)
@@ -51,6 +52,49 @@ def test_patch_codes_are_exact_and_batch_equals_single():
     for i in range(5):
         assert np.array_equal(batch[i], tok.encode(imgs[i]))
         assert np.array_equal(batch[i], exact(tok, imgs[i]))
+
+
+def test_the_nearest_code_search_keeps_numpys_blas_on_one_thread():
+    """OpenBLAS's workers, started by a large product, kept spinning and halved ONNX Runtime's
+    next call on the same cores (Recognizer.predict_batch): the tokenizer's product runs on one."""
+    if not blas.threads():
+        pytest.skip("no OpenBLAS loaded: numpy uses another BLAS here")
+    for _, put in blas._libraries():  # as after `import numpy` first: one thread per core
+        put(2)
+    before = blas.threads()
+    seen = []
+
+    class Palette(np.ndarray):
+        @property
+        def T(self):  # noqa: N802  (numpy's name)
+            class Product:
+                __array_ufunc__ = None  # numpy defers x @ Product() to __rmatmul__
+
+                def __rmatmul__(_, x):
+                    seen.append(blas.threads())
+                    return x @ np.asarray(self).T
+
+            return Product()
+
+    tok = Tokenizer(TokenizerConfig(28, 28, 1, 2, palette=RNG.integers(0, 256, (64, 4)).tolist()))
+    reference = tok.encode_batch(list(RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8)))
+    tok._palette_f = tok._palette_f.view(Palette)
+    images = list(RNG.integers(0, 256, (16, 28, 28), dtype=np.uint8))
+    assert tok.encode_batch(images).shape == reference.shape
+    assert seen and all(n == 1 for n in seen[0]), seen
+    assert blas.threads() == before  # the caller's own setting comes back
+
+
+def test_blas_one_thread_restores_the_setting_even_on_error():
+    if not blas.threads():
+        pytest.skip("no OpenBLAS loaded")
+    for _, put in blas._libraries():
+        put(2)
+    before = blas.threads()
+    with pytest.raises(RuntimeError), blas.one_thread():
+        assert set(blas.threads()) == {1}
+        raise RuntimeError("boom")
+    assert blas.threads() == before
 
 
 def test_colour_per_pixel_is_exact():

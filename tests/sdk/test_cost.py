@@ -6,6 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+import onnx
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -39,3 +42,44 @@ def test_prefill_flops_match_torch_on_the_shipped_model(monkeypatch):
 
 def test_cnn_flops_match_torch():
     assert counted(SmallCNN().eval(), torch.zeros(1, 1, 28, 28)) == round(frontier.cnn_mflop() * 1e6)
+
+
+def test_the_cnn_files_and_pipeline_label_images_as_the_network_does(tmp_path):
+    torch.manual_seed(0)
+    net = SmallCNN().eval()
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(images).float()[:, None] / 255).argmax(1).numpy()
+    files = frontier.cnn_files(net, tmp_path)
+    assert set(files) == {"fp32", "int8-dynamic", "int8-dynamic-conv"}
+    ops = {k: {n.op_type for n in onnx.load(str(p)).graph.node} for k, p in files.items()}
+    assert "ConvInteger" in ops["int8-dynamic-conv"] and "ConvInteger" not in ops["int8-dynamic"]
+    assert (frontier.CnnPipeline(files["fp32"], threads=1)(list(images)) == expected).all()
+    big = [cv2.resize(im, (56, 56), interpolation=cv2.INTER_NEAREST) for im in images]  # resized back
+    assert (frontier.CnnPipeline(files["fp32"], threads=1)(big) == expected).mean() > 0.9
+
+
+def test_the_best_cnn_file_is_the_fastest_within_half_a_point():
+    def row(file: str, accuracy: float, seconds: float) -> frontier.Row:
+        return frontier.Row(frontier.CNN, file, accuracy, 8.5, e2e_s={1: seconds, 16: seconds})
+
+    fp32, slow, close, lossy = (
+        row("fp32", 0.93, 3.0),
+        row("a", 0.93, 4.0),
+        row("b", 0.926, 2.0),
+        row("c", 0.92, 1.0),
+    )
+    assert frontier.best_cnn_file([fp32, slow, close, lossy]).file == "b"  # c is faster but 1 point worse
+    assert frontier.best_cnn_file([fp32, slow]).file == "fp32"
+
+
+def test_the_anchor_is_reused_only_when_trained_for_the_same_epochs(tmp_path):
+    path = tmp_path / "cnn.pt"
+    net = SmallCNN().eval()
+    torch.save({"state": net.state_dict(), "meta": {"epochs": 30, "chosen_epoch": 27}}, path)
+    loaded, meta = frontier.anchor(path, epochs=30, threads=1)
+    assert meta["chosen_epoch"] == 27
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True)
+    )

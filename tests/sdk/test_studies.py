@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_TRAIN, run_cli
-from pixlm.studies import few_labels, new_task, one_class
+from pixlm.studies import common, few_labels, new_task, one_class
 from pixlm.studies.ood import DESIGN_SETS, REPORT_SETS
 
 FLOOR_SEMI = 0.25  # pixlm at 100 labels per class, quick mode (chance: 0.10; 0.56 measured at 200 steps)
@@ -32,6 +32,23 @@ def test_one_class_quick(tmp_path):
     # a second run keeps the finished class instead of training it again
     p = run_cli(*args, "--runs", str(tmp_path / "runs"))
     assert "done in an earlier run" in p.stderr
+
+
+def test_results_resume_only_when_made_the_same_way(tmp_path):
+    path = tmp_path / "study.json"
+    setup = {"steps": (400, 200), "reported on": "10000 test images"}
+    path.write_text(
+        json.dumps(
+            {"protocol": {"steps": [400, 200], "reported on": "10000 test images"}, "runs": {"1": 0.5}}
+        )
+    )
+    assert common.resume_results(path, "protocol", setup, log=lambda s: None)["runs"] == {"1": 0.5}
+    said = []
+    fresh = common.resume_results(path, "protocol", {**setup, "steps": (120, 40)}, log=said.append)
+    assert fresh == {"protocol": {"steps": [120, 40], "reported on": "10000 test images"}}
+    assert "starting afresh" in said[0]
+    path.write_text(json.dumps({"runs": {"10/0": 0.7}}))  # a run from before protocols were stored
+    assert "runs" not in common.resume_results(path, "protocol", setup, log=said.append)
 
 
 def test_one_class_median_gamma_and_knn():

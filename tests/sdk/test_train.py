@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import BIN, VTEST, run_cli
-from pixlm import checkpoint
+from pixlm import checkpoint, distill
 from pixlm.data import load_fashion_mnist, parse_frame_range
 from pixlm.evaluate import predict
 from pixlm.train import TrainConfig, train
@@ -350,3 +350,31 @@ def test_tile_follows_the_grid_rule_of_run(tmp_path):
         assert p.returncode == 2, (cmd[0], p.returncode, p.stderr)
         assert "grid 100x100: more than 1024 regions per frame" in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_distilled_label_loss_is_the_paper_mix():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    assert torch.allclose(distill.label_loss(student, student.clone(), labels), (1 - distill.MIX) * ce)
+    other = torch.tensor([[0.0, 3.0, 0.0], [0.0, 1.0, 0.0]])  # the teacher disagrees on image 0
+    assert distill.label_loss(student, other, labels) > (1 - distill.MIX) * ce + 0.1
+
+
+def test_a_distilled_student_comes_closer_to_its_teacher(tiny_checkpoint, tmp_path):
+    base = dict(max_images=1280, epochs=1, batch_size=32, **{**TINY, "eval_images": 0})
+    plain = train(TrainConfig(output=str(tmp_path / "plain.pt"), **base), log=lambda s: None)
+    said = []
+    student = train(
+        TrainConfig(output=str(tmp_path / "kd.pt"), teacher=str(tiny_checkpoint), **base), log=said.append
+    )
+    cache = tmp_path / "kd.teacher.npz"
+    assert cache.exists() and any("label logits of 1280 training images" in s for s in said)
+    images = load_fashion_mnist(split="train").images[:1280]
+    teacher = distill.teacher_logits(tiny_checkpoint, images, student.tokenizer.labels, cache).softmax(1)
+
+    def kl_to_teacher(model) -> float:
+        p, _ = predict(model, student.tokenizer, images)
+        return float((teacher * (teacher.log() - torch.from_numpy(p).clamp_min(1e-9).log())).sum(1).mean())
+
+    assert kl_to_teacher(student.model) < 0.8 * kl_to_teacher(plain.model)
