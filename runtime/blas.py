@@ -5,8 +5,10 @@ every core, and its worker threads then keep spinning for a while. The tokenizer
 search for a batch of 16 images is large enough; ONNX Runtime's call right after it, on the same
 cores, ran at half speed (``Recognizer.predict_batch``, 2 threads, the shipped model's fp32 file:
 5.4 ms an image against 2.8 ms; docs/performance.md). :func:`one_thread` runs a block with
-OpenBLAS on one thread and gives the process its setting back afterwards, so nothing changes for
-the caller's own numpy work. Where no OpenBLAS is loaded (another BLAS, another OS) it does nothing.
+OpenBLAS on one thread and gives the process its setting back afterwards. The setting is
+process-wide: numpy work in another thread during such a block also runs on one thread. Where no
+OpenBLAS with its own threads is loaded (another BLAS, an OpenMP or sequential build, another OS)
+it does nothing.
 """
 
 from __future__ import annotations
@@ -39,16 +41,19 @@ def _libraries() -> list[tuple[ctypes._CFuncPtr, ctypes._CFuncPtr]]:
                 lib = ctypes.CDLL(path)
             except OSError:
                 continue
-            names = [
-                (p + "get_num_threads" + x, p + "set_num_threads" + x) for p in _PREFIXES for x in _SUFFIXES
-            ]
-            pairs = [
-                (getattr(lib, g), getattr(lib, s)) for g, s in names if hasattr(lib, g) and hasattr(lib, s)
-            ]
-            if pairs:  # the first spelling this library exports
-                get, put = pairs[0]
-                get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                found.append((get, put))
+            spellings = [(p, x) for p in _PREFIXES for x in _SUFFIXES if hasattr(lib, f"{p}get_parallel{x}")]
+            if not spellings:
+                continue
+            p, x = spellings[0]  # the first spelling this library exports
+            parallel = getattr(lib, f"{p}get_parallel{x}")
+            parallel.restype = ctypes.c_int
+            # 1: OpenBLAS's own pthreads, whose workers spin. 0 (sequential) has none; 2 (OpenMP)
+            # would also reset the caller's OpenMP thread count (torch's): leave both alone.
+            if parallel() != 1:
+                continue
+            get, put = getattr(lib, f"{p}get_num_threads{x}"), getattr(lib, f"{p}set_num_threads{x}")
+            get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
+            found.append((get, put))
         _found = found
     return _found
 
@@ -67,9 +72,9 @@ def one_thread() -> Iterator[None]:
         return
     with _lock:  # a process-wide setting: one block at a time changes it
         before = [get() for get, _ in libs]
-        for _, put in libs:
-            put(1)
         try:
+            for _, put in libs:
+                put(1)
             yield
         finally:
             for (_, put), n in zip(libs, before, strict=True):

@@ -40,10 +40,10 @@ def save(path: str | os.PathLike, model: PixLM, tokenizer: Tokenizer, **extra) -
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    _save_atomic(state, path)
+    save_atomic(state, path)
 
 
-def _save_atomic(state: dict, path: Path) -> None:
+def save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, renamed over ``path`` on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -105,7 +105,7 @@ def slim(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     state = load_state(src)
     state.pop("optimizer", None)
     dst = Path(dst)
-    _save_atomic(state, dst)
+    save_atomic(state, dst)
     return dst
 
 
@@ -140,5 +140,5 @@ def average(srcs: list[str | os.PathLike], dst: str | os.PathLike) -> Path:
     out = {k: v for k, v in states[-1].items() if k not in ("optimizer", "metrics")}
     out.update(model=weights, averaged_from=[Path(p).name for p in srcs])
     dst = Path(dst)
-    _save_atomic(out, dst)
+    save_atomic(out, dst)
     return dst

@@ -13,6 +13,7 @@ distilled: the student's vocabulary (its palette) differs from the teacher's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -31,19 +32,32 @@ TEMPERATURE = 2.0
 def teacher_logits(
     teacher: str | os.PathLike, images: np.ndarray, label_names: tuple[str, ...], cache: Path | None = None
 ) -> torch.Tensor:
-    """The teacher's label logits (N, L) for ``images`` (N, H, W uint8), in ``label_names`` order.
+    """The teacher's label logits (N, L) for ``images`` (N, H, W[, C] uint8), in ``label_names`` order.
 
-    ``cache``: an .npz kept next to the run, reused when made from the same teacher file and
-    images (a resumed run then does not read every image again)."""
-    st = os.stat(teacher)
-    key = np.array([str(Path(teacher).resolve()), st.st_size, st.st_mtime_ns, len(images)], dtype=str)
-    if cache is not None and cache.exists():
-        saved = np.load(cache)
-        if np.array_equal(saved["key"], key):
-            return torch.from_numpy(saved["logits"])
+    ``cache``: a file kept next to the run, reused only when made from the same teacher file,
+    images and labels (a resumed run then does not read every image again); an unreadable one is
+    made again. Raises ValueError when the teacher cannot read these images or labels."""
     model, tok, _ = checkpoint.load(teacher)
     if tuple(tok.labels) != tuple(label_names):
         raise ValueError(f"teacher {teacher}: labels {tok.labels} differ from the data's {label_names}")
+    c = tok.config
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    if tok.kind != "pixels" or images.shape[1:3] != (c.height, c.width) or channels != c.channels:
+        raise ValueError(
+            f"teacher {teacher} reads {c.height}x{c.width}x{c.channels} {tok.kind} images; the data "
+            f"are {images.shape[1]}x{images.shape[2]}x{channels} pixels"
+        )
+    digest = hashlib.sha1(Path(teacher).read_bytes())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(repr(tuple(label_names)).encode())
+    key = digest.hexdigest()
+    if cache is not None and cache.exists():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if saved["key"] == key:
+                return saved["logits"]
+        except Exception:  # a cut or foreign file: compute again
+            pass
     out = []
     with bar(desc="teacher labels", total=len(images), leave=False, unit="img") as progress:
         for i in range(0, len(images), 500):
@@ -54,7 +68,7 @@ def teacher_logits(
             progress.update(len(tokens))
     logits = torch.cat(out)
     if cache is not None:
-        np.savez(cache, key=key, logits=logits.numpy())
+        checkpoint.save_atomic({"key": key, "logits": logits}, cache)
     return logits
 
 

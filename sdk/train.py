@@ -201,10 +201,16 @@ def train(
     history = list(state.get("history", [])) if state else []
     labelled = cfg.label_weight > 0 and bool((data.labels >= 0).any())
     soft = None
+    if state is not None and state.get("train_config", {}).get("teacher") != cfg.teacher:
+        was = state.get("train_config", {}).get("teacher")
+        raise ValueError(
+            f"{cfg.output} was trained with --teacher {was}, this run asks for {cfg.teacher}: "
+            "resume with the same teacher (or none), or write to a new --output"
+        )
     if cfg.teacher:
         if not labelled or (data.labels < 0).any():
             raise ValueError("--teacher needs labelled training images and a label weight above 0")
-        cache = Path(cfg.output).with_suffix(".teacher.npz")
+        cache = Path(cfg.output).with_suffix(".teacher.pt")
         soft = distill.teacher_logits(cfg.teacher, data.images, tuple(data.label_names), cache)
         log(f"teacher {cfg.teacher}: label logits of {len(soft)} training images")
 

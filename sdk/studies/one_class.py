@@ -24,6 +24,8 @@ and the mean distance to the 5 nearest training images.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +85,9 @@ class OneClassOptions:
 
 
 def _train_class(c: int, opts: OneClassOptions, n_train: int, log: Callable[[str], None]) -> Path:
-    out = opts.runs / f"class{c}-e{opts.epochs:g}.pt"  # a longer schedule never resumes a shorter one
+    recipe = json.dumps([opts.epochs, opts.batch_size, opts.lr, opts.model, n_train], sort_keys=True)
+    # one file per recipe: a longer schedule or another model never resumes this one's weights
+    out = opts.runs / f"class{c}-{hashlib.sha1(recipe.encode()).hexdigest()[:8]}.pt"
     cfg = TrainConfig(
         data="fashion-mnist",
         output=str(out),

@@ -54,13 +54,22 @@ def test_patch_codes_are_exact_and_batch_equals_single():
         assert np.array_equal(batch[i], exact(tok, imgs[i]))
 
 
-def test_the_nearest_code_search_keeps_numpys_blas_on_one_thread():
+@pytest.fixture
+def openblas_on_two_threads():
+    """OpenBLAS as after `import numpy` first on two cores; the session's setting comes back."""
+    if not blas.threads():
+        pytest.skip("no OpenBLAS with its own threads loaded: numpy uses another BLAS here")
+    original = blas.threads()
+    for _, put in blas._libraries():
+        put(2)
+    yield
+    for (_, put), n in zip(blas._libraries(), original, strict=True):
+        put(n)
+
+
+def test_the_nearest_code_search_keeps_numpys_blas_on_one_thread(openblas_on_two_threads):
     """OpenBLAS's workers, started by a large product, kept spinning and halved ONNX Runtime's
     next call on the same cores (Recognizer.predict_batch): the tokenizer's product runs on one."""
-    if not blas.threads():
-        pytest.skip("no OpenBLAS loaded: numpy uses another BLAS here")
-    for _, put in blas._libraries():  # as after `import numpy` first: one thread per core
-        put(2)
     before = blas.threads()
     seen = []
 
@@ -85,11 +94,7 @@ def test_the_nearest_code_search_keeps_numpys_blas_on_one_thread():
     assert blas.threads() == before  # the caller's own setting comes back
 
 
-def test_blas_one_thread_restores_the_setting_even_on_error():
-    if not blas.threads():
-        pytest.skip("no OpenBLAS loaded")
-    for _, put in blas._libraries():
-        put(2)
+def test_blas_one_thread_restores_the_setting_even_on_error(openblas_on_two_threads):
     before = blas.threads()
     with pytest.raises(RuntimeError), blas.one_thread():
         assert set(blas.threads()) == {1}

@@ -59,27 +59,47 @@ def test_the_cnn_files_and_pipeline_label_images_as_the_network_does(tmp_path):
     assert (frontier.CnnPipeline(files["fp32"], threads=1)(big) == expected).mean() > 0.9
 
 
-def test_the_best_cnn_file_is_the_fastest_within_half_a_point():
-    def row(file: str, accuracy: float, seconds: float) -> frontier.Row:
-        return frontier.Row(frontier.CNN, file, accuracy, 8.5, e2e_s={1: seconds, 16: seconds})
+def test_the_best_cnn_file_is_the_fastest_within_half_a_point_on_calib():
+    def row(file: str, calib: float, test: float, seconds: float) -> frontier.Row:
+        return frontier.Row(
+            frontier.CNN, file, test, 8.5, e2e_s={1: seconds, 16: seconds}, calib_accuracy=calib
+        )
 
     fp32, slow, close, lossy = (
-        row("fp32", 0.93, 3.0),
-        row("a", 0.93, 4.0),
-        row("b", 0.926, 2.0),
-        row("c", 0.92, 1.0),
+        row("fp32", 0.93, 0.93, 3.0),
+        row("a", 0.93, 0.93, 4.0),
+        row("b", 0.926, 0.90, 2.0),  # within half a point on calib: chosen, whatever the test says
+        row("c", 0.92, 0.93, 1.0),  # a point worse on calib: never, however good on test
     )
-    assert frontier.best_cnn_file([fp32, slow, close, lossy]).file == "b"  # c is faster but 1 point worse
+    assert frontier.best_cnn_file([fp32, slow, close, lossy]).file == "b"
     assert frontier.best_cnn_file([fp32, slow]).file == "fp32"
 
 
-def test_the_anchor_is_reused_only_when_trained_for_the_same_epochs(tmp_path):
+def test_the_anchor_is_reused_only_when_made_by_the_same_recipe_and_epochs(tmp_path, monkeypatch):
     path = tmp_path / "cnn.pt"
     net = SmallCNN().eval()
-    torch.save({"state": net.state_dict(), "meta": {"epochs": 30, "chosen_epoch": 27}}, path)
-    loaded, meta = frontier.anchor(path, epochs=30, threads=1)
-    assert meta["chosen_epoch"] == 27
+    meta = {"epochs": 30, "chosen_epoch": 27, "recipe": frontier.RECIPE}
+    torch.save({"state": net.state_dict(), "meta": meta}, path)
+    loaded, got = frontier.anchor(path, epochs=30, threads=1)
+    assert got["chosen_epoch"] == 27
     assert all(
         torch.equal(a, b)
         for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True)
     )
+    trained = []
+
+    def fake_train(*args, **kwargs) -> SmallCNN:
+        trained.append(kwargs["epochs"])
+        fresh = SmallCNN().eval()
+        fresh.chosen, fresh.curve = {"epoch": 1, "accuracy": 0.5}, [0.5]
+        return fresh
+
+    monkeypatch.setattr(frontier.few_labels, "train_cnn", fake_train)
+    frontier.anchor(path, epochs=60, threads=1)  # other epochs: trained again, and saved
+    assert trained == [60] and torch.load(path, weights_only=True)["meta"]["epochs"] == 60
+    old = {"epochs": 30, "schedule": "Adam 1e-3, constant"}  # a file from before the recipe was kept
+    torch.save({"state": net.state_dict(), "meta": old}, path)
+    frontier.anchor(path, epochs=30, threads=1)
+    path.write_bytes(b"not a checkpoint")
+    frontier.anchor(path, epochs=30, threads=1)
+    assert trained == [60, 30, 30]

@@ -353,22 +353,25 @@ def test_tile_follows_the_grid_rule_of_run(tmp_path):
 
 
 def test_distilled_label_loss_is_the_paper_mix():
-    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    teacher = torch.tensor([[0.0, 3.0, 0.0], [1.0, 1.0, -2.0]])
     labels = torch.tensor([0, 1])
     ce = torch.nn.functional.cross_entropy(student, labels)
+    t = distill.TEMPERATURE
+    p_t, log_q = (teacher / t).softmax(1), (student / t).log_softmax(1)
+    kl = (p_t * (p_t.log() - log_q)).sum(1).mean()  # KL(teacher || student), per image, T^2 scaled
+    expected = (1 - distill.MIX) * ce + distill.MIX * t**2 * kl
+    assert torch.allclose(distill.label_loss(student, teacher, labels), expected)
     assert torch.allclose(distill.label_loss(student, student.clone(), labels), (1 - distill.MIX) * ce)
-    other = torch.tensor([[0.0, 3.0, 0.0], [0.0, 1.0, 0.0]])  # the teacher disagrees on image 0
-    assert distill.label_loss(student, other, labels) > (1 - distill.MIX) * ce + 0.1
 
 
 def test_a_distilled_student_comes_closer_to_its_teacher(tiny_checkpoint, tmp_path):
     base = dict(max_images=1280, epochs=1, batch_size=32, **{**TINY, "eval_images": 0})
     plain = train(TrainConfig(output=str(tmp_path / "plain.pt"), **base), log=lambda s: None)
     said = []
-    student = train(
-        TrainConfig(output=str(tmp_path / "kd.pt"), teacher=str(tiny_checkpoint), **base), log=said.append
-    )
-    cache = tmp_path / "kd.teacher.npz"
+    out = tmp_path / "not" / "yet" / "kd.pt"  # the teacher's cache is written before any checkpoint
+    student = train(TrainConfig(output=str(out), teacher=str(tiny_checkpoint), **base), log=said.append)
+    cache = out.with_suffix(".teacher.pt")
     assert cache.exists() and any("label logits of 1280 training images" in s for s in said)
     images = load_fashion_mnist(split="train").images[:1280]
     teacher = distill.teacher_logits(tiny_checkpoint, images, student.tokenizer.labels, cache).softmax(1)
@@ -378,3 +381,33 @@ def test_a_distilled_student_comes_closer_to_its_teacher(tiny_checkpoint, tmp_pa
         return float((teacher * (teacher.log() - torch.from_numpy(p).clamp_min(1e-9).log())).sum(1).mean())
 
     assert kl_to_teacher(student.model) < 0.8 * kl_to_teacher(plain.model)
+
+
+def test_teacher_mistakes_are_one_error_line(tiny_checkpoint, tmp_path):
+    args = ["pixlm", "train", "--max-images", "320", "--epochs", "1", "--eval-images", "-1"]
+    args += ["--patch", "4", "--codes", "16", "--layers", "1", "--heads", "2", "--d-model", "16"]
+    folder = tmp_path / "three"
+    fm = load_fashion_mnist(split="test")
+    for name, cls in (("bags", 8), ("boots", 9), ("trousers", 1)):
+        (folder / name).mkdir(parents=True)
+        for i in np.flatnonzero(fm.labels == cls)[:40]:
+            cv2.imwrite(str(folder / name / f"{i}.png"), fm.images[i])
+    p = run_cli(
+        *args,
+        "--data",
+        str(folder),
+        "--teacher",
+        str(tiny_checkpoint),
+        "-o",
+        str(tmp_path / "a.pt"),
+        check=False,
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("Error:") and "labels" in p.stderr
+    labels = checkpoint.load(tiny_checkpoint)[1].labels
+    with pytest.raises(ValueError, match="reads 28x28x1 pixels images; the data are 32x32x1"):
+        distill.teacher_logits(tiny_checkpoint, np.zeros((4, 32, 32), np.uint8), labels)
+    out = tmp_path / "c.pt"
+    run_cli(*args, "-o", str(out))  # no teacher...
+    p = run_cli(*args, "--resume", "--teacher", str(tiny_checkpoint), "-o", str(out), check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "same teacher" in p.stderr  # ...then one
