@@ -69,10 +69,10 @@ soak: setup
 	$(BIN)/python benchmarks/soak.py --minutes 30
 
 # The accuracy-cost frontier: every ONNX file of the shipped and the small Fashion-MNIST model
-# against a small CNN trained to convergence (30 cosine epochs on images 0-54,999, the epoch kept
+# against a small CNN trained to convergence (60 cosine epochs on images 0-54,999, the epoch kept
 # on 55,000-59,999; kept in build/frontier/cnn-anchor.pt), all scored on the 10,000 test images and
 # timed engine-only and end to end in the same run; the table is printed, figures go to
-# docs/figures/frontier.* (about 10 min on 2 cores; about 10 more the first time, to train the CNN).
+# docs/figures/frontier.* (about 10 min on 2 cores; about 20 more the first time, to train the CNN).
 FRONTIER := build/frontier
 frontier: setup
 	$(BIN)/pixlm-export -o $(FRONTIER)/fashion-mnist --force

@@ -413,7 +413,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (and torch's)")
     ap.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
     ap.add_argument("--cnn", type=Path, help="the trained anchor: loaded if there, else trained and saved")
-    ap.add_argument("--cnn-epochs", type=int, default=30)
+    ap.add_argument("--cnn-epochs", type=int, default=60)
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--plot", type=Path, help="write the accuracy-cost PNG here")
     a = ap.parse_args()
