@@ -207,15 +207,21 @@ def test_average_takes_epochs_saved_before_and_after_a_new_tokenizer_field(tiny_
     assert checkpoint.load(out)[1].config == checkpoint.load(tiny_checkpoint)[1].config
 
 
-def test_init_replaces_another_label_set(tiny_checkpoint, tmp_path):
-    """--init from a Fashion-MNIST model onto a task with other labels: new label tokens, same
-    image tokens (this was refused with 'labels ... differ from the model's')."""
-    folder = tmp_path / "task"
+def three_class_folder(folder: Path) -> Path:
+    """A labelled folder of a new task: bags, boots and trousers, 40 Fashion-MNIST test images each."""
     fm = load_fashion_mnist(split="test")
-    for name, cls in (("bags", 8), ("trousers", 1), ("boots", 9)):
+    for name, cls in (("bags", 8), ("boots", 9), ("trousers", 1)):
         (folder / name).mkdir(parents=True)
         for i in np.flatnonzero(fm.labels == cls)[:40]:
             cv2.imwrite(str(folder / name / f"{i}.png"), fm.images[i])
+    return folder
+
+
+def test_init_replaces_another_label_set(tiny_checkpoint, tmp_path):
+    """--init from a Fashion-MNIST model onto a task with other labels: new label tokens, same
+    image tokens (this was refused with 'labels ... differ from the model's')."""
+    folder = three_class_folder(tmp_path / "task")
+    fm = load_fashion_mnist(split="test")
     old, _, _ = checkpoint.load(tiny_checkpoint)
     out = tmp_path / "new.pt"
     p = run_cli(
@@ -386,12 +392,7 @@ def test_a_distilled_student_comes_closer_to_its_teacher(tiny_checkpoint, tmp_pa
 def test_teacher_mistakes_are_one_error_line(tiny_checkpoint, tmp_path):
     args = ["pixlm", "train", "--max-images", "320", "--epochs", "1", "--eval-images", "-1"]
     args += ["--patch", "4", "--codes", "16", "--layers", "1", "--heads", "2", "--d-model", "16"]
-    folder = tmp_path / "three"
-    fm = load_fashion_mnist(split="test")
-    for name, cls in (("bags", 8), ("boots", 9), ("trousers", 1)):
-        (folder / name).mkdir(parents=True)
-        for i in np.flatnonzero(fm.labels == cls)[:40]:
-            cv2.imwrite(str(folder / name / f"{i}.png"), fm.images[i])
+    folder = three_class_folder(tmp_path / "three")
     p = run_cli(
         *args,
         "--data",
