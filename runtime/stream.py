@@ -266,7 +266,9 @@ class Streamer:
         self.max_frames, self.loop = max_frames, loop
         self.on_event, self.on_metrics, self.metrics_every = on_event, on_metrics, metrics_every
         self._stop = threading.Event()
-        self._lanes = Lanes(depth=max_batch)  # a batch of prepared regions per source
+        # One batch of prepared regions in all, shared out among the sources (each may still hold
+        # one frame): a lane per source a whole batch deep held 4 frames of every camera.
+        self._lanes = Lanes(depth=-(-max_batch // max(1, len(self.uris))))
         # what the stream counts, read by RunStats.of (the lanes count the live frames they replace)
         self.counters = StreamCounters(replaced=self._lanes.dropped)
         self._regions: dict[tuple[str, int, int], list[Region] | None] = {}  # (source, w, h)
