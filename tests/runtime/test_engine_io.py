@@ -77,6 +77,14 @@ def test_an_engine_reads_the_spec_from_its_onnx_file(tiny_bundle):
     assert np.array_equal(direct[0], logits) and np.array_equal(direct[-1], past[-1][1])
 
 
+def test_a_cpu_session_plans_no_memory_pattern_per_call_shape(tiny_bundle):
+    """A stream calls the engine with many row counts, and ONNX Runtime's memory patterns keep a
+    planned block per shape: with them on, `pixlm run vtest.avi --grid 2x2` peaked 5 MiB higher
+    for no speed (docs/performance.md)."""
+    engine = OrtEngine(Bundle.load(tiny_bundle).path("fp32"), threads=1)
+    assert engine.session.get_session_options().enable_mem_pattern is False
+
+
 @pytest.mark.parametrize(
     "module, name",
     [
