@@ -72,7 +72,7 @@ soak: setup
 # against a small CNN trained to convergence (60 cosine epochs on images 0-54,999, the epoch kept
 # on 55,000-59,999; kept in build/frontier/cnn-anchor.pt), all scored on the 10,000 test images and
 # timed engine-only and end to end in the same run; the table is printed, figures go to
-# docs/figures/frontier.* (about 10 min on 2 cores; about 20 more the first time, to train the CNN).
+# docs/figures/frontier.* (about 10 min on 2 cores; about an hour more the first time, to train the CNN).
 FRONTIER := build/frontier
 frontier: setup
 	$(BIN)/pixlm-export -o $(FRONTIER)/fashion-mnist --force
