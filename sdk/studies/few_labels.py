@@ -424,6 +424,12 @@ def summarize(runs: dict) -> dict:
     }
 
 
+def legend_name(method: str) -> str:
+    """The method's name as the figure's legend shows it: at most 20 characters, each one apart."""
+    short = method.replace("pixlm semi-supervised", "pixlm semi").replace(", mean-pooled head", ", pooled")
+    return short.replace("pseudo-labels", "pseudo")
+
+
 def _figure(summary: dict, path: Path) -> None:
     ns = sorted(summary, key=int)
     if len(ns) < 2:
@@ -431,7 +437,7 @@ def _figure(summary: dict, path: Path) -> None:
     x = np.array([int(n) for n in ns], float)
     series, errors = [], []
     for m in METHODS:
-        series.append((m, x, np.array([summary[n][m][0] for n in ns])))
+        series.append((legend_name(m), x, np.array([summary[n][m][0] for n in ns])))
         errors.append(np.array([summary[n][m][1] for n in ns]))
     img = line_plot(
         series,
@@ -439,7 +445,7 @@ def _figure(summary: dict, path: Path) -> None:
         "labels per class",
         "accuracy",
         xlim=(5, 200),
-        ylim=(0.4, 1.0),
+        ylim=(0.6, 0.9),
         errors=errors,
         log_x=True,
     )

@@ -190,6 +190,12 @@ def test_few_labels_quick(tmp_path):
     assert "| 100 |" in p.stdout and "100 per class: " in p.stdout
 
 
+def test_few_labels_figure_names_and_colours_every_method_apart():
+    names = [few_labels.legend_name(m) for m in few_labels.METHODS]
+    assert len(set(names)) == len(names) and all(len(n) <= 20 for n in names)  # the legend cuts at 20
+    assert len(set(common.COLOURS)) >= len(names)  # colours repeat past the list's end
+
+
 def test_few_labels_chooses_pixlm_method_on_calibration_not_report_accuracy(tmp_path):
     runs = {
         "10/0": {m: 0.5 for m in few_labels.METHODS},
