@@ -439,13 +439,15 @@ def _figure(summary: dict, path: Path) -> None:
     for m in METHODS:
         series.append((legend_name(m), x, np.array([summary[n][m][0] for n in ns])))
         errors.append(np.array([summary[n][m][1] for n in ns]))
+    low = min((y - e).min() for (_, _, y), e in zip(series, errors, strict=True))
+    lo = max(0.0, np.floor(20 * low) / 20)  # from the lowest error bar, in steps of 0.05, up to 1
     img = line_plot(
         series,
         "Fashion-MNIST test accuracy",
         "labels per class",
         "accuracy",
         xlim=(5, 200),
-        ylim=(0.6, 0.9),
+        ylim=(lo, 1.0),
         errors=errors,
         log_x=True,
     )
