@@ -21,6 +21,7 @@ from pixlm.progress import bar
 from pixlm.runtime import novelty
 from pixlm.runtime.tokenizer import Tokenizer
 
+LEGEND_CHARS = 20  # a legend entry is cut after this many characters
 COLOURS = [
     (180, 119, 31),
     (14, 127, 255),
@@ -205,7 +206,7 @@ def line_plot(
                 cv2.circle(img, (u, v), 3, colour, -1)
         ly = top + 14 + 14 * i
         cv2.line(img, (w - right - 120, ly - 4), (w - right - 104, ly - 4), colour, 2)
-        cv2.putText(img, name[:20], (w - right - 100, ly), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, name[:LEGEND_CHARS], (w - right - 100, ly), font, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 

@@ -425,7 +425,7 @@ def summarize(runs: dict) -> dict:
 
 
 def legend_name(method: str) -> str:
-    """The method's name as the figure's legend shows it: at most 20 characters, each one apart."""
+    """The method's name as the figure's legend shows it: whole (``LEGEND_CHARS`` at most), each one apart."""
     short = method.replace("pixlm semi-supervised", "pixlm semi").replace(", mean-pooled head", ", pooled")
     return short.replace("pseudo-labels", "pseudo")
 

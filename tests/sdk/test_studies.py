@@ -192,7 +192,7 @@ def test_few_labels_quick(tmp_path):
 
 def test_few_labels_figure_names_and_colours_every_method_apart():
     names = [few_labels.legend_name(m) for m in few_labels.METHODS]
-    assert len(set(names)) == len(names) and all(len(n) <= 20 for n in names)  # the legend cuts at 20
+    assert len(set(names)) == len(names) and all(len(n) <= common.LEGEND_CHARS for n in names)
     assert len(set(common.COLOURS)) >= len(names)  # colours repeat past the list's end
 
 
